@@ -1,0 +1,72 @@
+"""Progress reporting and cooperative cancellation shared by every long operation.
+
+Long operations take ``progress`` (a callable receiving :class:`ProgressEvent`) and
+``cancel`` (a :class:`CancelToken`); they report and check for cancellation at least once
+per batch, so a GUI worker thread can stop them within one batch.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from .errors import DiffInfiniteError
+
+
+@dataclass
+class ProgressEvent:
+    """One progress report.
+
+    ``stage`` is one of "load", "mask", "sample", "decode", "pyramid", "export", "train".
+    ``preview`` optionally carries a small (h, w, 3) uint8 image of the current result.
+    """
+
+    stage: str
+    done: int
+    total: int
+    message: str = ""
+    preview: np.ndarray | None = None
+
+    @property
+    def fraction(self) -> float:
+        return self.done / self.total if self.total else 1.0
+
+
+ProgressCallback = Callable[[ProgressEvent], None]
+
+
+class Cancelled(DiffInfiniteError):
+    """Raised inside a long operation when its :class:`CancelToken` was cancelled."""
+
+
+class CancelToken:
+    """A thread-safe flag that asks a long operation to stop at its next checkpoint."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def cancel(self) -> None:
+        self._event.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._event.is_set()
+
+    def raise_if_cancelled(self) -> None:
+        if self._event.is_set():
+            raise Cancelled("cancelled by the user; the store is left resumable")
+
+
+def report(progress: ProgressCallback | None, event: ProgressEvent) -> None:
+    """Send ``event`` to ``progress`` if a callback was given."""
+    if progress is not None:
+        progress(event)
+
+
+def check(cancel: CancelToken | None) -> None:
+    """Raise :class:`Cancelled` if ``cancel`` was cancelled."""
+    if cancel is not None:
+        cancel.raise_if_cancelled()
