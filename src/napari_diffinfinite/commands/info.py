@@ -1,0 +1,53 @@
+"""``diffinfinite info``: describe a checkpoint, a model folder or a slide store."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from .. import engine
+from ..errors import DiffInfiniteError
+from ..model.pretrained import CONFIG_NAME, load_model
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("info", help="describe a model (folder or model-N.pt) or a slide store")
+    p.add_argument("path", type=Path)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    return p
+
+
+def describe_path(path: Path) -> dict:
+    if not path.exists():
+        raise DiffInfiniteError(f"{path} does not exist")
+    if path.is_file() or (path / CONFIG_NAME).is_file():
+        return {"type": "model", **engine.describe_model(load_model(path))}
+    from ..slide.store import SlideStore
+
+    store = SlideStore.open(path)
+    state = store.load_state() if (path / "diffinfinite").exists() else None
+    prov = store.provenance
+    return {
+        "type": "slide store",
+        "path": str(store.path),
+        "size": f"{store.shape[1]}x{store.shape[0]}",
+        "levels": [f"{w}x{h}" for h, w in store.level_shapes],
+        "pixel_size_um": store.pixel_size_um,
+        "classes": {str(i): n for i, n in enumerate(store.class_names)},
+        "complete": prov.get("complete", False),
+        "resumable_at_step": None if state is None or prov.get("complete") else state[1].get("step"),
+        "provenance": prov,
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    info = describe_path(args.path)
+    if args.json:
+        print(json.dumps(info, indent=2, default=str))
+        return 0
+    for key, value in info.items():
+        if key == "provenance":
+            value = json.dumps(value, default=str)
+        print(f"{key:>18}: {value}")
+    return 0

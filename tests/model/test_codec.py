@@ -1,0 +1,55 @@
+import pytest
+import torch
+
+from napari_diffinfinite.errors import CheckpointError
+from napari_diffinfinite.model.codec import IdentityCodec, VAECodec, load_vae, make_codec
+
+
+@pytest.mark.parametrize("unshuffle", [1, 2, 4])
+def test_identity_codec_roundtrip(unshuffle):
+    codec = IdentityCodec(unshuffle)
+    images = torch.rand(2, 3, 16, 16)
+    latents = codec.encode(images)
+    assert latents.shape == (2, 3 * unshuffle**2, 16 // unshuffle, 16 // unshuffle)
+    assert latents.min() >= -1 and latents.max() <= 1
+    assert torch.allclose(codec.decode(latents), images, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def tiny_vae_dir(tmp_path_factory):
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8, 8, 8), layers_per_block=1,
+        norm_num_groups=4, down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+    )  # fmt: skip
+    folder = tmp_path_factory.mktemp("sd2") / "vae"
+    vae.save_pretrained(folder)
+    return folder
+
+
+def test_vae_codec_scaling(tiny_vae_dir):
+    codec = make_codec("sd2-vae", tiny_vae_dir)
+    assert isinstance(codec, VAECodec) and codec.scale_factor == 8
+    images = torch.rand(1, 3, 32, 32)
+    raw = codec.vae.encode(images).latent_dist.mean
+    codec.sample = False
+    assert torch.allclose(codec.encode(images), raw / 50, atol=1e-6)
+    decoded = codec.decode(raw / 50)
+    expected = codec.vae.decode(raw).sample.clamp(0, 1)
+    assert decoded.shape == (1, 3, 32, 32) and torch.allclose(decoded, expected, atol=1e-5)
+
+
+def test_vae_from_stable_diffusion_folder(tiny_vae_dir):
+    vae = load_vae(tiny_vae_dir.parent)  # the folder holding vae/
+    assert vae.config.latent_channels == 4
+
+
+def test_vae_missing_folder_is_explained(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    with pytest.raises(CheckpointError, match="nothing is downloaded"):
+        load_vae("stabilityai/stable-diffusion-2-base")
+    with pytest.raises(CheckpointError, match="give the VAE folder"):
+        make_codec("sd2-vae", None)

@@ -1,0 +1,58 @@
+import json
+
+import pytest
+import torch
+
+from napari_diffinfinite.errors import CheckpointError
+from napari_diffinfinite.model.config import ModelConfig
+from napari_diffinfinite.model.pretrained import convert_official, load_model, new_model, save_pretrained
+from napari_diffinfinite.testing import tiny_image_config
+
+
+def test_save_load_roundtrip(tmp_path):
+    model = new_model(tiny_image_config(), seed=5)
+    folder = save_pretrained(model, tmp_path / "m")
+    loaded = load_model(folder)
+    assert loaded.config.to_dict() == model.config.to_dict()
+    for k, v in model.unet.state_dict().items():
+        assert torch.equal(loaded.unet.state_dict()[k], v)
+    assert len(loaded.sha256) == 64
+
+
+def test_save_refuses_existing_folder(tmp_path):
+    model = new_model(tiny_image_config())
+    save_pretrained(model, tmp_path / "m")
+    with pytest.raises(CheckpointError, match="already exists"):
+        save_pretrained(model, tmp_path / "m")
+
+
+def test_convert_official(official_image_checkpoint, tmp_path):
+    out = convert_official(official_image_checkpoint, tmp_path / "conv", class_names=["unknown", "tumour", "stroma"], pixel_size_um=0.5)
+    converted, original = load_model(out), load_model(official_image_checkpoint)
+    assert converted.config.class_names == ["unknown", "tumour", "stroma"]
+    assert converted.config.pixel_size_um == 0.5
+    for k, v in original.unet.state_dict().items():
+        assert torch.equal(converted.unet.state_dict()[k], v)
+
+
+def test_folder_without_weights(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps(tiny_image_config().to_dict()))
+    with pytest.raises(CheckpointError, match="model.safetensors is missing"):
+        load_model(tmp_path)
+
+
+def test_corrupt_safetensors(tmp_path):
+    folder = save_pretrained(new_model(tiny_image_config()), tmp_path / "m")
+    (folder / "model.safetensors").write_bytes(b"\x00" * 20)
+    with pytest.raises(CheckpointError, match="not a readable safetensors"):
+        load_model(folder)
+
+
+def test_config_errors():
+    data = tiny_image_config().to_dict()
+    with pytest.raises(CheckpointError, match="unknown keys in model config: colour"):
+        ModelConfig.from_dict({**data, "colour": 1})
+    with pytest.raises(CheckpointError, match="3 classes need 3 names"):
+        ModelConfig.from_dict({**data, "class_names": ["a"]})
+    with pytest.raises(CheckpointError, match="needs 3 channels"):
+        ModelConfig.from_dict({**data, "unet": {**data["unet"], "channels": 4}})
