@@ -47,8 +47,14 @@ def tiny_mask_model(tiny_mask_model_dir):
 
 
 @pytest.fixture
-def identity_codec():
-    return IdentityCodec()
+def identity_codec(tiny_image_model):
+    """The codec of the tiny image model (pixel space, 4x4 unshuffle)."""
+    return IdentityCodec(tiny_image_model.config.pixel_unshuffle)
+
+
+@pytest.fixture
+def mask_codec(tiny_mask_model):
+    return IdentityCodec(tiny_mask_model.config.pixel_unshuffle)
 
 
 @pytest.fixture

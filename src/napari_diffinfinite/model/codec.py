@@ -64,7 +64,7 @@ class VAECodec:
     name = "sd2-vae"
     scale_factor = 8
     latent_channels = 4
-    context = 8
+    context = 16
 
     def __init__(self, vae, latent_scale: float = 50.0, sample: bool = True) -> None:
         self.vae = vae.eval()

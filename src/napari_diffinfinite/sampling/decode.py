@@ -2,8 +2,9 @@
 
 Each store tile (``tile`` pixels, ``tile // scale`` latent pixels) is decoded from a latent
 window that extends ``margin`` latent pixels into its neighbours. Neighbouring windows
-overlap by ``2 * margin`` latent pixels, and across each overlap the two decodings are
-cross-faded with linear weights that sum to one, so no tile border is visible. Tile rows
+overlap by ``2 * margin`` latent pixels; across the middle half of each overlap the two
+decodings are cross-faded with linear weights that sum to one (the outer half is context
+that keeps the decoder's view of the edge away from the output), so no tile border shows. Tile rows
 are decoded in order and a row of store tiles is written as soon as the rows below it
 have contributed, which keeps memory to three rows of tiles and lets the viewer fill in
 progressively.
@@ -20,15 +21,20 @@ from ..progress import CancelToken, ProgressCallback, ProgressEvent, check, repo
 
 
 def _ramp(length: int, scale: int, tile_latent: int, index: int, count: int, margin: int, start: int) -> np.ndarray:
-    """1-D weights of window ``index`` over its pixels [start*scale, (start+length)*scale)."""
+    """1-D weights of window ``index`` over its pixels [start*scale, (start+length)*scale).
+
+    The cross-fade spans ``margin`` latent pixels centred on each tile border, so the outer
+    ``margin / 2`` of every window is context only and never reaches the output.
+    """
     px = (np.arange(length * scale) + 0.5) / scale + start  # pixel centres in latent units
+    half = margin / 2
     w = np.ones_like(px)
     if margin and index > 0:
         border = index * tile_latent
-        w *= np.clip((px - (border - margin)) / (2 * margin), 0, 1)
+        w *= np.clip((px - (border - half)) / margin, 0, 1)
     if margin and index < count - 1:
         border = (index + 1) * tile_latent
-        w *= np.clip(((border + margin) - px) / (2 * margin), 0, 1)
+        w *= np.clip(((border + half) - px) / margin, 0, 1)
     return w.astype(np.float32)
 
 
