@@ -54,5 +54,5 @@ def test_config_errors():
         ModelConfig.from_dict({**data, "colour": 1})
     with pytest.raises(CheckpointError, match="3 classes need 3 names"):
         ModelConfig.from_dict({**data, "class_names": ["a"]})
-    with pytest.raises(CheckpointError, match="needs 3 channels"):
+    with pytest.raises(CheckpointError, match="needs 48 channels, not 4"):
         ModelConfig.from_dict({**data, "unet": {**data["unet"], "channels": 4}})

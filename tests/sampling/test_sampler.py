@@ -93,7 +93,7 @@ def test_preview_is_sent_per_step(tiny_image_model, identity_codec):
         sampler.initial_state(shape), _labels(shape), preview=lambda x0: preview_rgb(x0, identity_codec),
         progress=lambda e: e.preview is not None and previews.append(e.preview),
     )  # fmt: skip
-    assert len(previews) == 2 and previews[0].shape == (64, 96, 3) and previews[0].dtype == np.uint8
+    assert len(previews) == 2 and previews[0].shape == (64 * 4, 96 * 4, 3) and previews[0].dtype == np.uint8
 
 
 def test_label_shape_must_match(tiny_image_model):
