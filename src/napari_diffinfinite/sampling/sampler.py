@@ -52,7 +52,7 @@ class SamplerStats:
 def auto_batch_size(unet: torch.nn.Module, patch: int, channels: int, device: torch.device, dtype: torch.dtype) -> int:
     """Network evaluations per forward call that fit in free memory (CPU: a small fixed batch)."""
     if device.type != "cuda" or not hasattr(unet, "set_attention_reduction"):
-        return 4
+        return 16
     free, _total = torch.cuda.mem_get_info(device)
     torch.cuda.reset_peak_memory_stats(device)
     base = torch.cuda.memory_allocated(device)
