@@ -57,3 +57,35 @@ def test_omega_zero_skips_unconditional_where_every_pixel_is_labelled():
     with torch.no_grad():
         den(torch.randn(2, 4, 16, 16), 10, labels)
     assert den.count.network == 3  # cond for both, unconditional only for the patch with label 0
+
+
+def test_out_of_memory_retries_at_half_batch(monkeypatch):
+    torch.manual_seed(0)
+    unet = ImageUNet(UNetConfig(dim=8, dim_mults=(1, 2), channels=4, num_classes=4)).eval()
+    x = torch.randn(6, 4, 16, 16)
+    labels = torch.ones(6, 16, 16, dtype=torch.uint8)
+    expected = GuidedDenoiser(unet, omega=1.0, max_batch=16)(x, 100, labels)
+
+    real_forward = unet.forward
+    sizes = []
+
+    def limited(x_, t_, m_):
+        sizes.append(len(x_))
+        if len(x_) > 3:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real_forward(x_, t_, m_)
+
+    monkeypatch.setattr(unet, "forward", limited)
+    den = GuidedDenoiser(unet, omega=1.0, max_batch=12)
+    got = den(x, 100, labels)
+    assert den.max_batch == 3 and sizes[:3] == [12, 6, 3]
+    assert torch.allclose(got, expected, atol=1e-5)
+
+
+def test_other_runtime_errors_are_not_swallowed(monkeypatch):
+    unet = ImageUNet(UNetConfig(dim=8, dim_mults=(1, 2), channels=4, num_classes=4)).eval()
+    monkeypatch.setattr(unet, "forward", lambda *a: (_ for _ in ()).throw(RuntimeError("shape mismatch")))
+    import pytest
+
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        GuidedDenoiser(unet, omega=1.0)(torch.randn(1, 4, 16, 16), 1, torch.ones(1, 16, 16, dtype=torch.uint8))

@@ -42,6 +42,7 @@ from zarr.storage import LocalStore
 from .. import __version__
 from ..errors import DiffInfiniteError, ExportError
 from ..progress import CancelToken, ProgressCallback, ProgressEvent, check, report
+from . import ngff
 from .atomic import atomic_path, atomic_paths, check_target, remove_path
 from .pyramid import level_shapes
 from .store import SlideStore
@@ -365,48 +366,6 @@ def _ngff_format(version: str) -> Any:
     raise ExportError(f"unsupported NGFF version {version!r}; use one of {NGFF_VERSIONS}")
 
 
-def _omero(name: str) -> dict[str, Any]:
-    channels = [("red", "FF0000"), ("green", "00FF00"), ("blue", "0000FF")]
-    return {
-        "name": name,
-        "channels": [
-            {
-                "label": label,
-                "color": color,
-                "active": True,
-                "coefficient": 1.0,
-                "family": "linear",
-                "inverted": False,
-                "window": {"start": 0, "end": 255, "min": 0, "max": 255},
-            }
-            for label, color in channels
-        ],
-        "rdefs": {"model": "color", "defaultT": 0, "defaultZ": 0},
-    }
-
-
-def _datasets(num_levels: int, pixel_size_um: float | None, channel: bool) -> list[dict]:
-    px = 1.0 if pixel_size_um is None else float(pixel_size_um)
-    datasets = []
-    for k in range(num_levels):
-        scale = [px * 2**k] * 2
-        datasets.append(
-            {
-                "path": str(k),
-                "coordinateTransformations": [
-                    {"type": "scale", "scale": ([1.0] if channel else []) + scale}
-                ],
-            }
-        )
-    return datasets
-
-
-def _axes(pixel_size_um: float | None, channel: bool) -> list[dict[str, str]]:
-    unit = {"unit": "micrometer"} if pixel_size_um is not None else {}
-    axes = [{"name": "c", "type": "channel"}] if channel else []
-    return axes + [{"name": n, "type": "space", **unit} for n in ("y", "x")]
-
-
 def _set_downscaling_type(group: zarr.Group, version: str, kind: str) -> None:
     attrs = group.attrs.asdict()
     holder = attrs.get("ome", attrs) if version != "0.4" else attrs
@@ -437,9 +396,9 @@ def _write_ngff_metadata(
         tissue = labels[LABEL_NAME]
         write_multiscales_metadata(
             tissue,
-            _datasets(num_levels, pixel_size_um, channel=False),
+            ngff.datasets(num_levels, pixel_size_um, channel=False),
             fmt=fmt,
-            axes=_axes(pixel_size_um, channel=False),
+            axes=ngff.axes(pixel_size_um, channel=False),
             name=LABEL_NAME,
         )
         _set_downscaling_type(tissue, version, "nearest")
@@ -462,11 +421,11 @@ def _write_ngff_metadata(
     # Root metadata last: a reader that sees "multiscales" finds every array in place.
     write_multiscales_metadata(
         root,
-        _datasets(num_levels, pixel_size_um, channel=True),
+        ngff.datasets(num_levels, pixel_size_um, channel=True),
         fmt=fmt,
-        axes=_axes(pixel_size_um, channel=True),
+        axes=ngff.axes(pixel_size_um, channel=True),
         name=name,
-        metadata={"omero": _omero(name)},
+        metadata={"omero": ngff.omero(name)},
     )
     _set_downscaling_type(root, version, "mean")
     root.attrs[PROVENANCE_KEY] = json.loads(json.dumps(provenance))

@@ -39,6 +39,7 @@ from zarr.storage import LocalStore
 from .. import __version__
 from ..errors import StoreError
 from ..progress import CancelToken, ProgressCallback, ProgressEvent, check, report
+from . import ngff
 from .masks import MaskSource
 from .pyramid import image_levels, level_shapes
 
@@ -47,7 +48,6 @@ LABEL_NAME = "tissue"
 STATE_GROUP = "diffinfinite"
 PROVENANCE_KEY = "diffinfinite"
 _STATE_SLOTS = ("state_0", "state_1")
-_CHANNELS = (("red", "FF0000"), ("green", "00FF00"), ("blue", "0000FF"))
 _V2_KEYS = {"name": "v2", "separator": "/"}  # NGFF 0.4 uses "/"-separated chunk keys
 
 
@@ -82,51 +82,20 @@ def _jsonable(value: Any, where: str) -> Any:
     )
 
 
-def _axes(spatial_unit: bool, channel: bool) -> list[dict[str, str]]:
-    unit = {"unit": "micrometer"} if spatial_unit else {}
-    axes = [{"name": "c", "type": "channel"}] if channel else []
-    return axes + [{"name": n, "type": "space", **unit} for n in ("y", "x")]
-
-
 def _multiscale(
     name: str, num_levels: int, pixel_size_um: float | None, channel: bool, method: str
 ) -> dict[str, Any]:
-    px = 1.0 if pixel_size_um is None else float(pixel_size_um)
-    datasets = []
-    for k in range(num_levels):
-        scale = [px * 2**k] * 2
-        if channel:
-            scale = [1.0, *scale]
-        datasets.append(
-            {"path": str(k), "coordinateTransformations": [{"type": "scale", "scale": scale}]}
-        )
     return {
         "version": NGFF_VERSION,
         "name": name,
-        "axes": _axes(pixel_size_um is not None, channel),
-        "datasets": datasets,
+        "axes": ngff.axes(pixel_size_um, channel),
+        "datasets": ngff.datasets(num_levels, pixel_size_um, channel),
         "type": method,
     }
 
 
 def _omero(name: str) -> dict[str, Any]:
-    return {
-        "name": name,
-        "version": NGFF_VERSION,
-        "channels": [
-            {
-                "label": label,
-                "color": color,
-                "active": True,
-                "coefficient": 1.0,
-                "family": "linear",
-                "inverted": False,
-                "window": {"start": 0, "end": 255, "min": 0, "max": 255},
-            }
-            for label, color in _CHANNELS
-        ],
-        "rdefs": {"model": "color", "defaultT": 0, "defaultZ": 0},
-    }
+    return ngff.omero(name, NGFF_VERSION)
 
 
 def _image_label(class_names: list[str], class_colors: list[tuple[int, int, int]]) -> dict:
