@@ -1,0 +1,345 @@
+"""Generate widget: run DiffInfinite over the slide, streaming the result into napari.
+
+Generate starts :func:`engine.generate_slide` in a worker thread with a
+:class:`~napari_diffinfinite.progress.CancelToken`; Cancel sets the token, the engine stops
+within one batch and leaves the store resumable, and Resume continues it. While sampling,
+the engine's low-resolution x0 preview is shown over the slide; once decoding starts, the
+store's RGB pyramid and labels pyramid are added as lazy multiscale layers that refresh as
+tiles land (see :mod:`._layers` for why no dask cache sits in between).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from napari.layers import Image
+from napari.utils.notifications import show_info, show_warning
+from qtpy.QtCore import QTimer
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..progress import Cancelled
+from ._canvas import canvas_transform
+from ._common import PathEdit, hbox
+from ._layers import refresh_rgb_thumbnail, slide_layer_data
+from ._state import get_state
+from ._threading import ProgressRelay, StageProgress, notify_error, start_worker
+
+if TYPE_CHECKING:
+    import napari
+    from napari.layers import Layer
+
+    from ..progress import ProgressEvent
+
+PREVIEW_NAME = "DiffInfinite preview"
+#: at most this often (seconds) are the streamed layers re-read while tiles land
+REFRESH_INTERVAL = 0.25
+
+
+def run_generation(out: str, size: tuple[int, int], **kwargs: Any) -> str:
+    """Call the engine (in the worker thread) and return the store path."""
+    from .. import engine
+
+    engine.generate_slide(out, size, **kwargs)
+    return out
+
+
+class GenerateWidget(QWidget):
+    """Sampler settings, Generate / Cancel / Resume, progress and live layers."""
+
+    def __init__(self, napari_viewer: napari.Viewer, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.state = get_state(napari_viewer)
+        self.worker: Any = None
+        self.cancel_token: Any = None
+        self.slide_layers: list[Layer] = []
+        self._store_path: Path | None = None
+        self._size: tuple[int, int] | None = None
+        self._relay: ProgressRelay | None = None
+        self._last_refresh = 0.0
+        self._refresh_timer = QTimer(self)
+        self._refresh_timer.setSingleShot(True)
+        self._refresh_timer.timeout.connect(self.refresh_layers)
+
+        self.output = PathEdit(
+            "generate/output", mode="save", caption="Slide store (.zarr folder)",
+            file_filter="Slide store (*.zarr)", placeholder="~/diffinfinite/slide.zarr",
+        )  # fmt: skip
+        self.overwrite = QCheckBox("overwrite an existing store")
+        self.steps = QSpinBox()
+        self.steps.setRange(1, 1000)
+        self.steps.setValue(250)
+        self.omega = QDoubleSpinBox()
+        self.omega.setRange(0.0, 50.0)
+        self.omega.setSingleStep(0.5)
+        self.omega.setValue(3.0)
+        self.eta = QDoubleSpinBox()
+        self.eta.setRange(0.0, 1.0)
+        self.eta.setSingleStep(0.1)
+        self.eta.setValue(1.0)
+        self.seed = QSpinBox()
+        self.seed.setRange(0, 2**31 - 1)
+        self.batch_size = QSpinBox()
+        self.batch_size.setRange(0, 4096)
+        self.batch_size.setSpecialValueText("auto")
+        self.batch_size.setToolTip("Patches per batch; auto fits the device memory")
+
+        self.generate_button = QPushButton("Generate")
+        self.generate_button.clicked.connect(lambda: self.generate())
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.cancel_button.setToolTip("Stop within one batch; the store stays resumable")
+        self.cancel_button.clicked.connect(self.cancel)
+        self.resume_button = QPushButton("Resume")
+        self.resume_button.setToolTip("Continue an interrupted store at the output path")
+        self.resume_button.clicked.connect(lambda: self.resume())
+        self.progress_bar = QProgressBar()
+        self.status = QLabel("Load a checkpoint and create a mask canvas, then Generate.")
+        self.status.setWordWrap(True)
+        self.progress = StageProgress("DiffInfinite", self.progress_bar)
+        self.state.models_changed.connect(self._on_models_changed)
+
+        form = QFormLayout()
+        form.addRow("Output", self.output)
+        form.addRow("", self.overwrite)
+        form.addRow("Steps", self.steps)
+        form.addRow("ω (guidance)", self.omega)
+        form.addRow("η (eta)", self.eta)
+        form.addRow("Seed", self.seed)
+        form.addRow("Batch size", self.batch_size)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addWidget(hbox(self.generate_button, self.cancel_button, self.resume_button))
+        layout.addWidget(self.progress_bar)
+        layout.addWidget(self.status)
+        layout.addStretch(1)
+
+    def _on_models_changed(self) -> None:
+        """Default the number of steps to what the loaded model was trained to sample with."""
+        steps = (self.state.image_info or {}).get("sampling_steps")
+        if steps:
+            self.steps.setValue(int(steps))
+
+    # -- inputs -----------------------------------------------------------------------
+    def output_path(self) -> Path:
+        path = self.output.path()
+        if path is None:
+            path = Path.home() / "diffinfinite" / "slide.zarr"
+        return path
+
+    def settings(self) -> Any:
+        """The :class:`engine.GenerateSettings` of the form."""
+        from ..engine import GenerateSettings
+
+        batch = int(self.batch_size.value())
+        return GenerateSettings(
+            steps=int(self.steps.value()), omega=float(self.omega.value()),
+            eta=float(self.eta.value()), seed=int(self.seed.value()),
+            batch_size=batch or None, device=self.state.device, dtype=self.state.dtype,
+        )  # fmt: skip
+
+    def _resume_mask(self, out: Path) -> tuple[Any, tuple[int, int]]:
+        """Mask and size for Resume: the canvas if there is one, else the one in the store."""
+        from ..slide.masks import CanvasMask
+        from ..slide.store import SlideStore
+
+        store = SlideStore.open(out, mode="r")
+        if self.state.canvas_layer is not None and self.state.slide_shape == tuple(store.shape):
+            return self.state.mask_source(), tuple(store.shape)
+        canvas = store.load_canvas()
+        if canvas is None:
+            from ..errors import StoreError
+
+            raise StoreError(f"{out} has no saved label canvas to resume from; generate it anew")
+        return CanvasMask(canvas, shape=tuple(store.shape)), tuple(store.shape)
+
+    # -- actions ----------------------------------------------------------------------
+    def generate(self) -> Any:
+        """Start a new slide at the output path; returns the worker (None if refused)."""
+        return self._start(resume=False)
+
+    def resume(self) -> Any:
+        """Continue the interrupted slide at the output path; returns the worker."""
+        return self._start(resume=True)
+
+    def cancel(self) -> None:
+        """Ask the engine to stop at its next batch."""
+        if self.cancel_token is not None:
+            self.cancel_token.cancel()
+            self.status.setText("Cancelling after the current batch…")
+            self.cancel_button.setEnabled(False)
+
+    def _start(self, resume: bool) -> Any:
+        from ..progress import CancelToken
+
+        if self.worker is not None:
+            show_warning("A generation is already running.")
+            return None
+        out = self.output_path()
+        try:
+            model = self.state.require_image_model()
+            if resume:
+                mask, size = self._resume_mask(out)
+            else:
+                mask, size = self.state.mask_source(), tuple(self.state.slide_shape)  # type: ignore[arg-type]
+                out.parent.mkdir(parents=True, exist_ok=True)
+            settings = self.settings()
+        except Exception as exc:
+            notify_error(exc, "Cannot start")
+            return None
+        if not resume and self.overwrite.isChecked():
+            self._drop_slide_layers(out)
+        self._store_path = out
+        self._size = (int(size[0]), int(size[1]))
+        self.cancel_token = CancelToken()
+        relay = self._relay = ProgressRelay(self)
+        relay.reported.connect(self._on_progress)
+        self._set_running(True)
+        self.progress.start()
+        self.status.setText(f"{'Resuming' if resume else 'Generating'} {out.name} "
+                            f"({size[0]:,} × {size[1]:,} px)…")  # fmt: skip
+        self.worker = start_worker(
+            run_generation, str(out), size,
+            image_model=model, codec=self.state.image_codec, mask=mask, settings=settings,
+            resume=resume, overwrite=self.overwrite.isChecked() and not resume,
+            progress=relay, cancel=self.cancel_token,
+            on_result=self._on_done, on_error=self._on_error, on_finished=self._on_finished,
+        )  # fmt: skip
+        return self.worker
+
+    def _set_running(self, running: bool) -> None:
+        self.generate_button.setEnabled(not running)
+        self.resume_button.setEnabled(not running)
+        self.cancel_button.setEnabled(running)
+
+    # -- progress ---------------------------------------------------------------------
+    def _on_progress(self, event: ProgressEvent) -> None:
+        self.progress.update(event)
+        if event.stage == "sample":
+            if event.preview is not None:
+                self._show_preview(event.preview)
+            self.status.setText(f"Sampling: {event.message or f'{event.done}/{event.total}'}")
+        elif event.stage == "decode":
+            # the slide appears once tiles exist; until then the preview stands in for it
+            if not self._layers_alive():
+                self._add_slide_layers()
+            self._schedule_refresh()
+            self.status.setText(f"Decoding: tile {event.done}/{event.total}")
+        elif event.stage == "pyramid":
+            if self._layers_alive():
+                self._schedule_refresh()
+            self.status.setText(f"Writing labels: {event.done}/{event.total}")
+
+    def _show_preview(self, preview: np.ndarray) -> None:
+        """Show the engine's low-resolution x0 prediction stretched over the slide."""
+        if self._size is None:
+            return
+        layer = self._preview_layer()
+        scale, translate = canvas_transform(self._size, preview.shape[:2])
+        if layer is None:
+            self.viewer.add_image(
+                preview, name=PREVIEW_NAME, rgb=preview.ndim == 3, scale=scale, translate=translate,
+                contrast_limits=[0, 255],
+            )  # fmt: skip
+        else:
+            layer.data = preview
+            layer.scale = scale
+            layer.translate = translate
+            layer.visible = True
+
+    def _preview_layer(self) -> Any:
+        return self.viewer.layers[PREVIEW_NAME] if PREVIEW_NAME in self.viewer.layers else None
+
+    # -- streamed layers --------------------------------------------------------------
+    def _layers_alive(self) -> bool:
+        return bool(self.slide_layers) and all(layer in self.viewer.layers for layer in self.slide_layers)
+
+    def _drop_slide_layers(self, out: Path) -> None:
+        """Remove layers showing ``out`` (a new slide replaces the store behind them)."""
+        for layer in list(self.viewer.layers):
+            if Path(str(layer.metadata.get("store_path", ""))) == out:
+                self.viewer.layers.remove(layer)
+        self.slide_layers = []
+
+    def _add_slide_layers(self) -> None:
+        """Add the store's RGB and label pyramids as lazy layers below the canvas."""
+        from ..slide.store import SlideStore
+
+        assert self._store_path is not None
+        for layer in list(self.viewer.layers):
+            if Path(str(layer.metadata.get("store_path", ""))) == self._store_path:
+                self.viewer.layers.remove(layer)
+        store = SlideStore.open(self._store_path, mode="r")
+        self.slide_layers = []
+        for data, kwargs, kind in slide_layer_data(store):
+            layer = getattr(self.viewer, f"add_{kind}")(data, **kwargs)
+            self.slide_layers.append(layer)
+        # slide below, its labels above it, the paintable canvas and preview on top
+        for index, layer in enumerate(self.slide_layers):
+            self.viewer.layers.move(self.viewer.layers.index(layer), index)
+        preview = self._preview_layer()
+        if preview is not None:
+            preview.visible = False
+        self._last_refresh = time.monotonic()
+        self.state.set_store(self._store_path)
+
+    def _schedule_refresh(self) -> None:
+        wait = REFRESH_INTERVAL - (time.monotonic() - self._last_refresh)
+        if wait <= 0:
+            self.refresh_layers()
+        elif not self._refresh_timer.isActive():
+            self._refresh_timer.start(int(wait * 1000) + 1)
+
+    def refresh_layers(self) -> None:
+        """Re-read the visible tiles of the streamed layers from the store."""
+        self._last_refresh = time.monotonic()
+        for layer in self.slide_layers:
+            if layer in self.viewer.layers:
+                layer.refresh()
+                if isinstance(layer, Image):
+                    refresh_rgb_thumbnail(layer)
+
+    # -- outcome ----------------------------------------------------------------------
+    def _on_done(self, out: str) -> None:
+        if not self._layers_alive():
+            self._add_slide_layers()
+        self.refresh_layers()
+        preview = self._preview_layer()
+        if preview is not None:
+            self.viewer.layers.remove(preview)
+        self.state.set_store(out)
+        self.status.setText(f"Done: {out}")
+        show_info(f"Slide written to {out}")
+
+    def _on_error(self, exc: BaseException) -> None:
+        if self._layers_alive():
+            self.refresh_layers()
+        if isinstance(exc, Cancelled):
+            self.status.setText("Cancelled: the store is resumable, press Resume to continue.")
+            show_info("Generation cancelled; press Resume to continue the same slide.")
+        else:
+            self.status.setText(f"Failed: {exc}")
+            notify_error(exc, "Generation failed")
+
+    def _on_finished(self) -> None:
+        self._refresh_timer.stop()
+        self.worker = None
+        self.cancel_token = None
+        if self._relay is not None:
+            self._relay.deleteLater()
+            self._relay = None
+        self.progress.close()
+        self._set_running(False)

@@ -1,0 +1,127 @@
+"""The slide-store reader without Qt: detection, lazy RGB view, layer data, provenance."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from napari_diffinfinite._reader import (
+    is_slide_store,
+    napari_get_reader,
+    napari_get_wsi_reader,
+    read_slide_store,
+)
+from napari_diffinfinite.slide.masks import CanvasMask
+from napari_diffinfinite.slide.store import SlideStore
+from napari_diffinfinite.widgets._layers import ChannelLastArray, label_colormap, slide_layer_data
+
+NAMES = ["unknown", "tumour", "stroma"]
+COLORS = [(0, 0, 0), (230, 25, 75), (60, 180, 75)]
+
+
+def _tile(y0: int, x0: int, h: int, w: int) -> np.ndarray:
+    yy, xx = np.mgrid[y0 : y0 + h, x0 : x0 + w]
+    return np.stack([yy % 256, xx % 256, (yy + xx) % 256]).astype(np.uint8)
+
+
+@pytest.fixture
+def store_path(tmp_path):
+    """A complete 1200 x 1000 px store (3 levels) with a gradient image and two classes."""
+    path = tmp_path / "slide.zarr"
+    store = SlideStore.create(
+        path, (1200, 1000), class_names=NAMES, class_colors=COLORS,
+        provenance={"seed": 7, "steps": 2}, pixel_size_um=0.5,
+    )  # fmt: skip
+    for y0 in range(0, 1200, 512):
+        for x0 in range(0, 1000, 512):
+            h, w = min(512, 1200 - y0), min(512, 1000 - x0)
+            store.write_tile(y0, x0, _tile(y0, x0, h, w))
+    canvas = np.ones((12, 10), np.uint8)
+    canvas[:, 5:] = 2
+    store.write_labels(CanvasMask(canvas, (1200, 1000)))
+    store.mark_complete()
+    return path
+
+
+def test_detects_only_slide_stores(store_path, tmp_path):
+    assert is_slide_store(store_path)
+    assert napari_get_reader(str(store_path)) is read_slide_store
+    assert napari_get_reader([str(store_path)]) is read_slide_store
+    plain = tmp_path / "plain.zarr"
+    plain.mkdir()
+    assert napari_get_reader(str(plain)) is None
+    (tmp_path / "x.png").write_bytes(b"not an image")
+    assert napari_get_reader(str(tmp_path / "x.png")) is None
+    assert napari_get_reader([str(store_path), str(store_path)]) is None
+    # an OME-Zarr with other axes (e.g. a label-only image) is not a slide
+    other = tmp_path / "other.zarr"
+    other.mkdir()
+    (other / ".zattrs").write_text(json.dumps({"multiscales": [{"axes": ["y", "x"], "datasets": []}]}))
+    assert not is_slide_store(other)
+
+
+def test_wsi_reader_declines_non_slides(tmp_path):
+    (tmp_path / "a.svs").write_bytes(b"nope")
+    assert napari_get_wsi_reader(str(tmp_path / "a.svs")) is None
+    assert napari_get_wsi_reader(str(tmp_path)) is None
+
+
+def test_channel_last_view_matches_transpose():
+    data = np.arange(3 * 7 * 5, dtype=np.uint8).reshape(3, 7, 5)
+    view = ChannelLastArray(data)
+    full = np.moveaxis(data, 0, -1)
+    assert view.shape == (7, 5, 3) and view.ndim == 3 and view.dtype == np.uint8
+    assert view.size == full.size and len(view) == 7
+    np.testing.assert_array_equal(np.asarray(view), full)
+    for key in [
+        (slice(1, 4), slice(0, 5, 2)),
+        (slice(None), slice(2, 3), 1),
+        (2,),
+        2,
+        (Ellipsis, 0),
+        (slice(1, 6, 2), Ellipsis),
+        (3, 4),
+        (3, 4, 2),
+        (np.int64(3), slice(None)),
+        ([0, 2], slice(1, 3)),
+    ]:
+        np.testing.assert_array_equal(view[key], full[key], err_msg=repr(key))
+
+
+def test_layer_data_of_a_store(store_path):
+    layers = read_slide_store(str(store_path))
+    (image, image_meta, image_kind), (labels, label_meta, label_kind) = layers
+    assert (image_kind, label_kind) == ("image", "labels")
+    store = SlideStore.open(store_path)
+    assert [lvl.shape for lvl in image] == [(h, w, 3) for h, w in store.level_shapes]
+    assert image_meta["rgb"] and image_meta["multiscale"]
+    assert image_meta["metadata"]["provenance"]["seed"] == 7
+    assert image_meta["metadata"]["provenance"]["synthetic"] is True
+    assert image_meta["metadata"]["store_path"] == str(store_path)
+    np.testing.assert_array_equal(image[0][100:140, 600:700], _tile(100, 600, 40, 100).transpose(1, 2, 0))
+    np.testing.assert_array_equal(image[1][:], np.moveaxis(store.image_level(1)[:], 0, -1))
+    assert [lvl.shape for lvl in labels] == store.level_shapes
+    assert int(labels[0][0, 0]) == 1 and int(labels[0][0, 999]) == 2
+    assert label_meta["features"]["class"] == NAMES
+    cmap = label_meta["colormap"]
+    np.testing.assert_allclose(cmap.color_dict[1][:3], np.array(COLORS[1]) / 255, atol=1e-6)
+    assert cmap.color_dict[0][3] == 0  # unknown is transparent
+
+
+def test_view_sees_tiles_written_after_opening(tmp_path):
+    """The lazy view re-reads the store: tiles written later show up (no stale cache)."""
+    path = tmp_path / "live.zarr"
+    writer = SlideStore.create(path, (1024, 1024), class_names=NAMES, class_colors=COLORS, provenance={})
+    (image, _, _), *_ = slide_layer_data(SlideStore.open(path))
+    assert int(np.asarray(image[0][600:700, 600:700]).max()) == 0
+    writer.write_tile(512, 512, np.full((3, 512, 512), 200, np.uint8))
+    assert int(np.asarray(image[0][600:700, 600:700]).min()) == 200
+    assert int(np.asarray(image[1][300:350, 300:350]).min()) == 200
+
+
+def test_label_colormap_accepts_both_colour_ranges():
+    cmap = label_colormap([(0, 0, 0), (255, 0, 0), (0.0, 0.5, 1.0)])
+    np.testing.assert_allclose(cmap.color_dict[1], (1, 0, 0, 1))
+    np.testing.assert_allclose(cmap.color_dict[2], (0, 0.5, 1, 1))
