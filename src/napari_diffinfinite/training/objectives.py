@@ -1,0 +1,194 @@
+"""The DiffInfinite training losses: noise prediction under a cosine schedule.
+
+Both models learn ``eps`` of a DDPM with ``timesteps`` (1000) steps: draw ``t`` uniformly in
+[0, T), noise the latent ``x0`` to ``x_t = sqrt(a_t) x0 + sqrt(1 - a_t) eps`` and regress
+the network's output on ``eps`` with the L2 loss (the official sample config's
+``loss_type='l2'``).
+
+* :class:`ImageObjective`: the latent is the codec's encoding of the tile (SD-2 VAE latent
+  sample / 50, or the pixels in [-1, 1] for pixel models); the condition is the tile's label
+  map at latent resolution. The network derives its class embedding from the largest label
+  and its attention queries from the binarised map. An all-zero map is the unconditional
+  branch of classifier-free guidance: unlabelled tiles train it, and so does *condition
+  dropout*, which zeroes the map of a labelled tile with probability ``cond_drop_prob``.
+* :class:`MaskObjective`: the latent encodes a mask image whose grey level is
+  ``label / (num_labels - 1)`` in all three channels (what the mask sampler decodes and
+  quantises); the condition is a class index, replaced by the learned null embedding with
+  probability ``cond_drop_prob``.
+
+``mask_mode`` of the image objective: ``"full"`` (the official training) feeds the whole
+label map; ``"per-label"`` feeds the map of one label present in the tile, drawn at
+random (its pixels keep the label, the rest become 0). The latter is exactly what the
+sampler shows the network when it composites per label (each label's pass sees only that
+label's pixels), so the network learns where each class is rather than only which class
+is the largest.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import TrainingError
+from ..model.config import ModelConfig
+from ..sampling.schedule import Schedule
+
+MASK_MODES = ("full", "per-label")
+
+
+@dataclass
+class BranchCounts:
+    """Items that trained the conditional and the unconditional branch of guidance."""
+
+    conditional: int = 0
+    unconditional: int = 0
+    per_label: dict[int, int] = field(default_factory=dict)
+
+    def add(self, other: BranchCounts) -> None:
+        self.conditional += other.conditional
+        self.unconditional += other.unconditional
+        for k, v in other.per_label.items():
+            self.per_label[k] = self.per_label.get(k, 0) + v
+
+
+def _autocast_or_null(autocast: Callable[[], AbstractContextManager] | None) -> AbstractContextManager:
+    return autocast() if autocast is not None else nullcontext()
+
+
+class ImageObjective:
+    """Noise-prediction loss of the mask-conditioned image model (see the module docstring)."""
+
+    def __init__(self, config: ModelConfig, codec, *, cond_drop_prob: float = 0.1, mask_mode: str = "full") -> None:
+        if config.kind != "image":
+            raise TrainingError(f"ImageObjective needs an image model config, not a {config.kind} model")
+        if mask_mode not in MASK_MODES:
+            raise TrainingError(f"mask mode must be one of {', '.join(MASK_MODES)}, not {mask_mode!r}")
+        if not 0.0 <= cond_drop_prob <= 1.0:
+            raise TrainingError(f"condition dropout must be a probability in [0, 1], got {cond_drop_prob}")
+        self.config = config
+        self.codec = codec
+        self.cond_drop_prob = cond_drop_prob
+        self.mask_mode = mask_mode
+        self.timesteps = config.timesteps
+        self.schedule = Schedule(1, 1.0, config.timesteps)
+        self.num_classes = config.unet.num_classes
+
+    def encode(self, batch: dict[str, torch.Tensor], device: torch.device) -> torch.Tensor:
+        images = batch["image"].to(device, non_blocking=True)
+        with torch.no_grad():
+            return self.codec.encode(images).float()
+
+    def conditions(self, labels: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, BranchCounts]:
+        """The (B, h, w) masks the network sees, after per-label selection and dropout."""
+        b = labels.shape[0]
+        top = int(labels.max()) if labels.numel() else 0
+        if top >= self.num_classes:
+            raise TrainingError(
+                f"a training tile has label {top} but the model has {self.num_classes} classes (0..{self.num_classes - 1})"
+            )
+        masks = labels.clone()
+        if self.mask_mode == "per-label":
+            picks = torch.rand(b, generator=generator)
+            for i in range(b):
+                present = torch.unique(labels[i])
+                present = present[present > 0]
+                if len(present):
+                    label = present[min(int(picks[i] * len(present)), len(present) - 1)]
+                    masks[i] = torch.where(labels[i] == label, label, torch.zeros_like(label))
+        drop = torch.rand(b, generator=generator) < self.cond_drop_prob
+        masks[drop] = 0
+        counts = BranchCounts()
+        tops = masks.reshape(b, -1).amax(dim=1).tolist()
+        for top_label in tops:
+            if top_label > 0:
+                counts.conditional += 1
+                counts.per_label[int(top_label)] = counts.per_label.get(int(top_label), 0) + 1
+            else:
+                counts.unconditional += 1
+        return masks, counts
+
+    def loss(
+        self,
+        net: torch.nn.Module,
+        batch: dict[str, torch.Tensor],
+        generator: torch.Generator,
+        device: torch.device,
+        autocast: Callable[[], AbstractContextManager] | None = None,
+    ) -> tuple[torch.Tensor, BranchCounts]:
+        """Mean L2 loss of the batch and the branches it trained. Randomness comes from the
+        CPU ``generator`` only, so a step's noise does not depend on the device."""
+        x0 = self.encode(batch, device)
+        labels = batch["labels"]
+        if tuple(labels.shape[-2:]) != tuple(x0.shape[-2:]):
+            raise TrainingError(
+                f"label maps of {tuple(labels.shape[-2:])} do not match latents of {tuple(x0.shape[-2:])}; "
+                "the dataset's label scale must equal the codec's scale factor"
+            )
+        masks, counts = self.conditions(labels, generator)
+        b = x0.shape[0]
+        t = torch.randint(0, self.timesteps, (b,), generator=generator)
+        noise = torch.randn(x0.shape, generator=generator)
+        t, noise, masks = t.to(device), noise.to(device), masks.to(device)
+        x_t = self.schedule.q_sample(x0, t, noise)
+        with _autocast_or_null(autocast):
+            pred = net(x_t, t, masks[:, None].float())
+        return F.mse_loss(pred.float(), noise), counts
+
+
+class MaskObjective:
+    """Noise-prediction loss of the class-conditioned mask (layout) model."""
+
+    def __init__(self, config: ModelConfig, codec, *, cond_drop_prob: float = 0.1) -> None:
+        if config.kind != "mask":
+            raise TrainingError(f"MaskObjective needs a mask model config, not a {config.kind} model")
+        if not 0.0 <= cond_drop_prob <= 1.0:
+            raise TrainingError(f"condition dropout must be a probability in [0, 1], got {cond_drop_prob}")
+        self.config = config
+        self.codec = codec
+        self.cond_drop_prob = cond_drop_prob
+        self.timesteps = config.timesteps
+        self.schedule = Schedule(1, 1.0, config.timesteps)
+        self.num_labels = config.num_labels or len(config.class_names)
+        self.num_conditions = config.unet.num_classes
+
+    def mask_images(self, labels: torch.Tensor) -> torch.Tensor:
+        """(B, h, w) labels -> (B, 3, h, w) grey images, grey = label / (num_labels - 1)."""
+        top = int(labels.max()) if labels.numel() else 0
+        if top >= self.num_labels:
+            raise TrainingError(f"a training mask has label {top} but the mask model has {self.num_labels} labels")
+        grey = labels.float() / max(1, self.num_labels - 1)
+        return grey[:, None].expand(-1, 3, -1, -1).contiguous()
+
+    def loss(
+        self,
+        net: torch.nn.Module,
+        batch: dict[str, torch.Tensor],
+        generator: torch.Generator,
+        device: torch.device,
+        autocast: Callable[[], AbstractContextManager] | None = None,
+    ) -> tuple[torch.Tensor, BranchCounts]:
+        images = self.mask_images(batch["labels"]).to(device)
+        with torch.no_grad():
+            x0 = self.codec.encode(images).float()
+        classes = batch["condition"].long()
+        if len(classes) and int(classes.max()) >= self.num_conditions:
+            raise TrainingError(
+                f"mask-model condition {int(classes.max())} is out of range: the model has {self.num_conditions} "
+                f"conditions ({', '.join(self.config.condition_names or [])})"
+            )
+        b = x0.shape[0]
+        null = torch.rand(b, generator=generator) < self.cond_drop_prob
+        t = torch.randint(0, self.timesteps, (b,), generator=generator)
+        noise = torch.randn(x0.shape, generator=generator)
+        counts = BranchCounts(conditional=int((~null).sum()), unconditional=int(null.sum()))
+        for c in classes[~null].tolist():
+            counts.per_label[int(c)] = counts.per_label.get(int(c), 0) + 1
+        t, noise, classes, null = t.to(device), noise.to(device), classes.to(device), null.to(device)
+        x_t = self.schedule.q_sample(x0, t, noise)
+        with _autocast_or_null(autocast):
+            pred = net(x_t, t, classes, null)
+        return F.mse_loss(pred.float(), noise), counts
