@@ -36,7 +36,7 @@ from safetensors.torch import load_file, save_file
 from napari_diffinfinite import engine
 from napari_diffinfinite.demo import DEMO_CLASS_COLORS, DEMO_DIR, demo_image_config, demo_mask_config
 from napari_diffinfinite.model.config import ModelConfig
-from napari_diffinfinite.model.pretrained import load_model, new_model
+from napari_diffinfinite.model.pretrained import new_model
 from napari_diffinfinite.slide.masks import CanvasMask
 from napari_diffinfinite.training import demo_data, metrics
 from napari_diffinfinite.training.datasets import TissueCondition

