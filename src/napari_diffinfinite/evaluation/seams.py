@@ -1,0 +1,210 @@
+"""Seam score: does an image have edges that repeat at a fixed phase of the patch grid?
+
+A sampler or a tiled decoder that stitches patches on a fixed grid leaves a faint step in
+brightness at every patch border. Such steps are invisible to FID but obvious to a
+pathologist scrolling a slide. The score makes them measurable:
+
+1. **Luminance.** RGB uint8 is turned into luminance in [0, 1] (Rec. 601 weights
+   0.299, 0.587, 0.114); an (H, W) float image is taken as luminance as it is.
+2. **Gradient energy.** Along x, ``|L[y, x] - L[y, x - 1]|`` for every x >= 1 (the step
+   *into* column x, so a border between patches at x = k * P lands on phase 0); along y the
+   same with rows.
+3. **Fold.** The gradient is averaged over every pixel whose position along the axis has
+   the same value modulo the period (the patch size, or the decode tile size): a profile
+   of ``period`` values per axis.
+4. **Score.** ``max(profile) / median(profile)`` per axis, with the phase of the maximum.
+   A seam-free image gives a flat profile and a score of about 1.0 (noise lifts it a
+   little, less the larger the image); a seam at a fixed phase gives a peak and a score
+   well above 1. The overall score is the larger of the two axes.
+
+The image must span at least two periods along each axis, so that every phase is averaged
+over more than one position. Large slides are scored region by region
+(:func:`seam_score_of_regions`) with the same result as scoring the whole image at once.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import DiffInfiniteError
+
+__all__ = [
+    "DEFAULT_PERIOD",
+    "AxisSeam",
+    "SeamScore",
+    "FoldedGradient",
+    "luminance",
+    "seam_score",
+    "seam_scores",
+    "seam_score_of_regions",
+]
+
+DEFAULT_PERIOD = 128
+_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32) / 255.0
+
+
+class SeamError(DiffInfiniteError):
+    """An image cannot be given a seam score (wrong shape, or too small for the period)."""
+
+
+@dataclass(frozen=True)
+class AxisSeam:
+    """The folded gradient profile along one axis and its peak-to-median ratio."""
+
+    score: float  # max(profile) / median(profile); 1.0 = flat
+    phase: int  # position modulo the period where the profile peaks
+    profile: np.ndarray = field(repr=False)  # mean |gradient| per phase, length = period
+
+    def to_dict(self) -> dict:
+        return {"score": _finite_or_none(self.score), "phase": self.phase}
+
+
+@dataclass(frozen=True)
+class SeamScore:
+    """Seam scores along x (columns) and y (rows) for one period."""
+
+    period: int
+    x: AxisSeam
+    y: AxisSeam
+
+    @property
+    def score(self) -> float:
+        """The worse (larger) of the two axis scores."""
+        return max(self.x.score, self.y.score)
+
+    def to_dict(self) -> dict:
+        return {
+            "period": self.period,
+            "score": _finite_or_none(self.score),
+            "x": self.x.to_dict(),
+            "y": self.y.to_dict(),
+        }
+
+
+def _finite_or_none(value: float) -> float | None:
+    return float(value) if math.isfinite(value) else None
+
+
+def luminance(image: np.ndarray) -> np.ndarray:
+    """Luminance in [0, 1] as float32 (H, W) of an (H, W, 3) uint8 image, or an (H, W) float image as is."""
+    image = np.asarray(image)
+    if image.ndim == 3 and image.shape[-1] == 3 and image.dtype == np.uint8:
+        return image.astype(np.float32) @ _LUMA
+    if image.ndim == 2 and np.issubdtype(image.dtype, np.floating):
+        return image.astype(np.float32, copy=False)
+    raise SeamError(
+        f"seam score needs an (H, W, 3) uint8 RGB image or an (H, W) float luminance image, "
+        f"got shape {image.shape} dtype {image.dtype}"
+    )
+
+
+class FoldedGradient:
+    """Accumulates |gradient| sums per phase, region by region, for one period.
+
+    Regions are given with their absolute origin ``(y0, x0)`` in the image, so phases are
+    positions in the whole image. Gradients are taken inside a region only: to count the
+    steps between neighbouring regions, read each region with one extra row above and one
+    extra column to the left (as :func:`seam_score_of_regions` does) and pass
+    ``skip_first_row/col`` so no gradient is counted twice.
+    """
+
+    def __init__(self, period: int = DEFAULT_PERIOD) -> None:
+        if int(period) < 2:
+            raise SeamError(f"the seam period must be at least 2 pixels, got {period}")
+        self.period = int(period)
+        self._sum = {axis: np.zeros(self.period, np.float64) for axis in "xy"}
+        self._count = {axis: np.zeros(self.period, np.int64) for axis in "xy"}
+        self._extent = [0, 0]  # largest (y, x) end seen, to check the image spans two periods
+
+    def add(self, lum: np.ndarray, y0: int = 0, x0: int = 0, *, axes: str = "xy") -> None:
+        """Add the gradients inside the luminance region whose top-left pixel is at ``(y0, x0)``.
+
+        ``axes`` selects the gradients counted: ``"x"`` (steps between columns), ``"y"``
+        (steps between rows) or both.
+        """
+        lum = np.asarray(lum, dtype=np.float32)
+        h, w = lum.shape
+        self._extent = [max(self._extent[0], y0 + h), max(self._extent[1], x0 + w)]
+        if "x" in axes and w > 1:
+            gx = np.abs(np.diff(lum, axis=1)).sum(axis=0, dtype=np.float64)  # steps into columns x0+1 .. x0+w-1
+            self._accumulate("x", gx, x0 + 1, h)
+        if "y" in axes and h > 1:
+            gy = np.abs(np.diff(lum, axis=0)).sum(axis=1, dtype=np.float64)  # steps into rows y0+1 .. y0+h-1
+            self._accumulate("y", gy, y0 + 1, w)
+
+    def _accumulate(self, axis: str, sums: np.ndarray, start: int, per_position: int) -> None:
+        phases = (start + np.arange(sums.size)) % self.period
+        self._sum[axis] += np.bincount(phases, weights=sums, minlength=self.period)
+        self._count[axis] += np.bincount(phases, minlength=self.period) * per_position
+
+    def result(self) -> SeamScore:
+        """The seam score of everything added so far."""
+        for axis, extent in zip("yx", self._extent):
+            if extent < 2 * self.period:
+                raise SeamError(
+                    f"the image is {extent} px along {axis}: a seam score at period {self.period} needs at least "
+                    f"{2 * self.period} px (two periods); use a larger image or a smaller period"
+                )
+        return SeamScore(self.period, x=self._axis("x"), y=self._axis("y"))
+
+    def _axis(self, axis: str) -> AxisSeam:
+        profile = self._sum[axis] / np.maximum(self._count[axis], 1)
+        peak = float(profile.max())
+        median = float(np.median(profile))
+        if median > 0:
+            score = peak / median
+        else:  # a flat image is seam-free; a median of 0 under a nonzero peak is an isolated edge
+            score = 1.0 if peak == 0 else math.inf
+        return AxisSeam(score=score, phase=int(np.argmax(profile)), profile=profile)
+
+
+def seam_score(image: np.ndarray, period: int = DEFAULT_PERIOD) -> SeamScore:
+    """Seam score of a whole image (H, W, 3) uint8 or (H, W) float at one period."""
+    folded = FoldedGradient(period)
+    folded.add(luminance(image))
+    return folded.result()
+
+
+def seam_scores(image: np.ndarray, periods: Iterable[int] = (DEFAULT_PERIOD,)) -> dict[int, SeamScore]:
+    """Seam scores at several periods (e.g. the patch size and the decode tile size), keyed by period."""
+    lum = luminance(image)
+    out: dict[int, SeamScore] = {}
+    for period in dict.fromkeys(int(p) for p in periods):
+        folded = FoldedGradient(period)
+        folded.add(lum)
+        out[period] = folded.result()
+    return out
+
+
+def seam_score_of_regions(
+    read_region: Callable[[int, int, int, int], np.ndarray],
+    shape: tuple[int, int],
+    periods: Sequence[int] = (DEFAULT_PERIOD,),
+    *,
+    tile: int = 2048,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[int, SeamScore]:
+    """Seam scores of an image too large to hold, read as tiles.
+
+    ``read_region(y0, y1, x0, x1)`` returns the image's pixels ``[y0:y1, x0:x1]`` (RGB uint8
+    or float luminance). Each tile is read with one extra row and column before it, so the
+    steps across tile borders are counted exactly once: the result equals :func:`seam_scores`
+    of the whole image. ``progress(done, total)`` is called after each tile.
+    """
+    h, w = shape
+    folders = [FoldedGradient(p) for p in dict.fromkeys(int(p) for p in periods)]
+    origins = [(y, x) for y in range(0, h, tile) for x in range(0, w, tile)]
+    for i, (y0, x0) in enumerate(origins):
+        ry0, rx0 = max(y0 - 1, 0), max(x0 - 1, 0)
+        lum = luminance(read_region(ry0, min(y0 + tile, h), rx0, min(x0 + tile, w)))
+        for folder in folders:
+            # x-steps: this tile's rows, from the column before it; y-steps: its columns, from the row above.
+            folder.add(lum[y0 - ry0 :, :], y0, rx0, axes="x")
+            folder.add(lum[:, x0 - rx0 :], ry0, x0, axes="y")
+        if progress is not None:
+            progress(i + 1, len(origins))
+    return {f.period: f.result() for f in folders}
