@@ -60,7 +60,11 @@ class AxisSeam:
     profile: np.ndarray = field(repr=False)  # mean |gradient| per phase, length = period
 
     def to_dict(self) -> dict:
-        return {"score": _finite_or_none(self.score), "phase": self.phase}
+        return {
+            "score": _finite_or_none(self.score),
+            "phase": self.phase,
+            "profile": [round(float(v), 7) for v in self.profile],
+        }
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,264 @@
+"""One call to evaluate a synthetic set against a real set: the engine behind ``diffinfinite evaluate``.
+
+:func:`evaluate` samples tiles reproducibly from both sets (:mod:`.tiles`), extracts
+features once per set (:mod:`.features`), and computes, as asked:
+
+* image quality: Fréchet distance (FID with Inception-v3), KID, Inception Score (when the
+  extractor has logits) and improved precision/recall (:mod:`.distances`);
+* Patch-FID on matched multi-scale crops (:mod:`.patches`);
+* privacy against a training set (authenticity) and, with a held-out real set too, the
+  C_T data-copying statistic (:mod:`.privacy`);
+* for synthetic slide stores: the seam score at each period (:mod:`.seams`) and the
+  layout adherence to the stored labels (:mod:`.adherence`).
+
+It returns a JSON-ready dict; :mod:`.report` writes it with pictures. Everything is
+reproducible for a given seed (tile positions, crop specs, KID subsets, k-means cells).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from .. import __version__
+from ..errors import DiffInfiniteError
+from ..progress import CancelToken, ProgressCallback, ProgressEvent
+from .distances import fid_from_features, inception_score, kernel_distance, precision_recall
+from .features import FeatureExtractor, extract_features, load_feature_extractor
+from .tiles import SlideSource, TileSample, sample_tiles
+
+__all__ = ["EvaluationSettings", "EvaluationResult", "evaluate"]
+
+Paths = Sequence[str | os.PathLike]
+
+
+@dataclass
+class EvaluationSettings:
+    """What to sample and compute; the defaults suit a quick look (raise ``tiles`` for papers: 10k+)."""
+
+    tiles: int = 256
+    tile_size: int = 256
+    level: int = 0
+    seed: int = 0
+    include_glass: bool = False
+    min_tissue: float = 0.5
+    features: str = "inception"
+    inception_weights: str | None = None
+    trust_torchscript: bool = False
+    feature_input_size: int = 224
+    batch_size: int = 32
+    device: str | None = None
+    kid_subsets: int = 100
+    kid_subset_size: int = 1000
+    pr_k: int = 3
+    is_splits: int = 10
+    patch_fid_crops: int = 0  # 0 = no Patch-FID
+    patch_max_scale: float = 8.0
+    ct_cells: int = 5
+    seams: bool = True
+    seam_periods: tuple[int, ...] = (128,)
+    adherence: bool = True
+    class_map: dict[str, str] | None = None  # model class -> heuristic class; None = glass vs tissue
+    segmenter: str = "he"
+
+
+@dataclass
+class EvaluationResult:
+    """The metrics (JSON-ready) and the tiles shown in the report."""
+
+    metrics: dict
+    real_tiles: list[np.ndarray] = field(repr=False)
+    synthetic_tiles: list[np.ndarray] = field(repr=False)
+
+
+class _Stages:
+    """Reports stage progress and checks for cancellation between batches."""
+
+    def __init__(self, progress: ProgressCallback | None, cancel: CancelToken | None) -> None:
+        self.progress, self.cancel = progress, cancel
+
+    def __call__(self, stage: str, done: int, total: int, message: str = "") -> None:
+        if self.cancel is not None:
+            self.cancel.raise_if_cancelled()
+        if self.progress is not None:
+            self.progress(ProgressEvent(stage, done, total, message))
+
+
+def _features_of(
+    extractor: FeatureExtractor, tiles, total: int, name: str, settings: EvaluationSettings, stages: _Stages
+) -> tuple[np.ndarray, np.ndarray | None]:
+    stages("features", 0, total, name)
+    return extract_features(
+        extractor, tiles, batch_size=settings.batch_size, progress=lambda n: stages("features", n, total, name)
+    )
+
+
+def _quality(real: np.ndarray, fake: np.ndarray, fake_logits, real_logits, settings: EvaluationSettings) -> dict:
+    kid_mean, kid_std = kernel_distance(
+        real, fake, subsets=settings.kid_subsets, subset_size=settings.kid_subset_size, seed=settings.seed
+    )
+    device = settings.device or "cpu"
+    precision, recall = precision_recall(real, fake, k=settings.pr_k, device=device)
+    out = {
+        "fid": fid_from_features(real, fake),
+        "kid_mean": kid_mean,
+        "kid_std": kid_std,
+        "precision": precision,
+        "recall": recall,
+    }
+    if fake_logits is not None and len(fake_logits) >= settings.is_splits:
+        out["is_mean"], out["is_std"] = inception_score(fake_logits, splits=settings.is_splits)
+        out["is_real_mean"], out["is_real_std"] = inception_score(real_logits, splits=settings.is_splits)
+    return out
+
+
+def _store_checks(sample: TileSample, settings: EvaluationSettings, stages: _Stages) -> dict:
+    """Seams and layout adherence of each synthetic slide store."""
+    from .adherence import load_segmenter, named_mapping, store_adherence, tissue_mapping
+    from .seams import seam_score_of_regions
+
+    out: dict = {}
+    stores = [s for s in sample.sources if isinstance(s, SlideSource) and s.kind == "store"]
+    for i, source in enumerate(stores):
+        entry: dict = {}
+        store = source.slide
+        if settings.seams:
+            h, w = store.shape
+            try:
+                scores = seam_score_of_regions(
+                    lambda y0, y1, x0, x1, st=store: st.read_region(0, y0, y1, x0, x1),
+                    (h, w),
+                    settings.seam_periods,
+                    progress=lambda d, t, name=source.name: stages("seams", d, t, name),
+                )
+                entry["seams"] = {str(p): s.to_dict() for p, s in scores.items()}
+            except DiffInfiniteError as exc:  # e.g. a slide smaller than two periods
+                entry["seams"] = {"error": str(exc)}
+        if settings.adherence:
+            try:
+                store.label_level(0)
+            except DiffInfiniteError:
+                entry["adherence"] = {"error": "the store has no label layout"}
+            else:
+                mapping = (
+                    named_mapping(store.class_names, settings.class_map)
+                    if settings.class_map
+                    else tissue_mapping(store.class_names)
+                )
+                result, level = store_adherence(store, mapping, load_segmenter(settings.segmenter))
+                entry["adherence"] = {**result.to_dict(), "level": level, "mapping": mapping.to_dict()}
+        stages("stores", i + 1, len(stores), source.name)
+        out[str(source.path)] = entry
+    return out
+
+
+def evaluate(
+    real: Paths,
+    synthetic: Paths,
+    *,
+    training: Paths = (),
+    held_out: Paths = (),
+    settings: EvaluationSettings | None = None,
+    extractor: FeatureExtractor | None = None,
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
+) -> EvaluationResult:
+    """Evaluate the synthetic sources against the real ones (see the module docstring).
+
+    ``extractor`` overrides ``settings.features`` (e.g. a model already loaded).
+    """
+    settings = settings or EvaluationSettings()
+    stages = _Stages(progress, cancel)
+    started = time.time()
+    metrics: dict = {"software": f"napari-diffinfinite {__version__}", "settings": asdict(settings)}
+
+    def draw(paths: Paths, name: str) -> TileSample:
+        stages("sample", 0, 1, name)
+        return sample_tiles(
+            paths,
+            settings.tiles,
+            size=settings.tile_size,
+            level=settings.level,
+            seed=settings.seed,
+            include_glass=settings.include_glass,
+            min_tissue=settings.min_tissue,
+            progress=lambda d, t: stages("sample", d, t, name),
+        )
+
+    samples: dict[str, TileSample] = {}
+    try:
+        samples["real"] = draw(real, "real")
+        samples["synthetic"] = draw(synthetic, "synthetic")
+        if training:
+            samples["training"] = draw(training, "training")
+        if held_out:
+            samples["held_out"] = draw(held_out, "held-out")
+        metrics["tiles"] = {k: s.describe() for k, s in samples.items()}
+
+        stages("load", 0, 1, "feature extractor")
+        if extractor is None:
+            extractor = load_feature_extractor(
+                settings.features,
+                inception_weights=settings.inception_weights,
+                trust_torchscript=settings.trust_torchscript,
+                input_size=settings.feature_input_size,
+                device=settings.device,
+            )
+        device = str(next(iter(extractor.parameters())).device)
+        settings.device = device
+        metrics["features"] = {**extractor.describe(), "device": device}
+
+        feats, logits = {}, {}
+        for key, sample in samples.items():
+            feats[key], logits[key] = _features_of(extractor, iter(sample), len(sample), key, settings, stages)
+        metrics["quality"] = _quality(feats["real"], feats["synthetic"], logits["synthetic"], logits["real"], settings)
+
+        if settings.patch_fid_crops:
+            from .patches import crop_specs, matched_crops
+
+            specs = crop_specs(settings.patch_fid_crops, settings.tile_size, settings.patch_max_scale, settings.seed)
+            n = len(specs)
+            patch = {}
+            for key in ("real", "synthetic"):
+                patch[key], _ = _features_of(
+                    extractor, matched_crops(samples[key].sources, specs, settings.tile_size), n, f"{key} crops",
+                    settings, stages,
+                )  # fmt: skip
+            metrics["patch_fid"] = {
+                "patch_fid": fid_from_features(patch["real"], patch["synthetic"]),
+                "crops": n,
+                "max_scale": settings.patch_max_scale,
+            }
+
+        if "training" in feats:
+            from .privacy import authenticity, ct_score
+
+            privacy = authenticity(feats["training"], feats["synthetic"], device=device).to_dict()
+            if "held_out" in feats:
+                privacy.update(
+                    ct_score(
+                        feats["training"], feats["held_out"], feats["synthetic"],
+                        cells=settings.ct_cells, seed=settings.seed, device=device,
+                    ).to_dict()
+                )  # fmt: skip
+            metrics["privacy"] = privacy
+
+        metrics["slides"] = _store_checks(samples["synthetic"], settings, stages)
+        metrics["seconds"] = round(time.time() - started, 2)
+        shown = min(16, len(samples["real"]), len(samples["synthetic"]))
+        rng = np.random.default_rng(settings.seed)
+        real_show = [
+            samples["real"].read(samples["real"].refs[i]) for i in sorted(rng.permutation(len(samples["real"]))[:shown])
+        ]
+        fake_show = [
+            samples["synthetic"].read(samples["synthetic"].refs[i])
+            for i in sorted(rng.permutation(len(samples["synthetic"]))[:shown])
+        ]
+        return EvaluationResult(metrics=metrics, real_tiles=real_show, synthetic_tiles=fake_show)
+    finally:
+        for sample in samples.values():
+            sample.close()
