@@ -52,9 +52,7 @@ def test_canvas_mask_non_integer_ratio_matches_reference(y0, y1, x0, x1, step):
 def test_canvas_larger_than_slide_is_subsampled():
     canvas = np.random.default_rng(1).integers(0, 9, (40, 30), dtype=np.uint8)
     mask = CanvasMask(canvas, (13, 11))
-    np.testing.assert_array_equal(
-        mask.region(0, 13, 0, 11), reference_labels(canvas, (13, 11), range(13), range(11))
-    )
+    np.testing.assert_array_equal(mask.region(0, 13, 0, 11), reference_labels(canvas, (13, 11), range(13), range(11)))
 
 
 def test_coordinates_beyond_the_edge_are_clamped():

@@ -7,9 +7,9 @@ import pytest
 import tifffile
 
 from napari_diffinfinite.errors import ExportError
-from napari_diffinfinite.progress import CancelToken, Cancelled
-from napari_diffinfinite.slide.pyramid import downsample_image, downsample_labels, level_shapes
-from napari_diffinfinite.slide.tiff import tile_count, write_tiff_pyramid
+from napari_diffinfinite.progress import Cancelled, CancelToken
+from napari_diffinfinite.slide.export_tiff import write_tiff_pyramid
+from napari_diffinfinite.slide.pyramid import downsample_image, downsample_labels, level_shapes, tile_count
 
 from .conftest import structured_rgb
 
@@ -70,9 +70,7 @@ def test_jpeg_quality_trades_size_for_error(tmp_path, pyramid):
         path = tmp_path / f"q{quality}.tif"
         write_tiff_pyramid(path, pyramid[:1], layout="openslide", compression="jpeg", quality=quality)
         sizes[quality] = path.stat().st_size
-        errors[quality] = np.abs(
-            tifffile.imread(path).astype(int) - np.moveaxis(pyramid[0], 0, -1)
-        ).mean()
+        errors[quality] = np.abs(tifffile.imread(path).astype(int) - np.moveaxis(pyramid[0], 0, -1)).mean()
     assert sizes[50] < sizes[95] and errors[95] < errors[50] < 6
 
 

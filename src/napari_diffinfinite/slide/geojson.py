@@ -37,7 +37,20 @@ from shapely.geometry import MultiPolygon, Polygon, box, mapping
 from shapely.geometry import shape as to_shape
 from shapely.geometry.polygon import orient
 
-from ..errors import MaskError
+from ..errors import ExportError, MaskError
+from ..progress import CancelToken, ProgressCallback, check
+from .atomic import atomic_path, check_target
+from .constants import LABEL_NAME, PROVENANCE_KEY, TILE
+from .export_common import (
+    ExportProgress,
+    ExportResult,
+    check_region,
+    export_provenance,
+    export_warnings,
+    label_source,
+    open_source,
+)
+from .store import SlideStore
 
 __all__ = [
     "normalise_color",
@@ -48,6 +61,7 @@ __all__ = [
     "GeoJsonImport",
     "geojson_to_labels",
     "rasterise_geometry",
+    "export_geojson",
 ]
 
 _ID_NAMESPACE = uuid.UUID("0b7f6f3e-3f0c-4d0e-9a47-64a1c1f0d1a5")
@@ -112,9 +126,7 @@ def trace_label_polygons(
     if not mask.any():
         return []
     padded = np.pad(mask, 1).view(np.uint8)  # skimage makes its own float64 copy
-    contours = measure.find_contours(
-        padded, 0.5, fully_connected="low", positive_orientation="high"
-    )
+    contours = measure.find_contours(padded, 0.5, fully_connected="low", positive_orientation="high")
     shells: list[Polygon] = []
     holes: list[Polygon] = []
     for contour in contours:
@@ -477,9 +489,7 @@ def geojson_to_labels(
         raise MaskError(f"the background label must be in 0..255, got {background}")
 
     features = read_geojson_features(source)
-    result = GeoJsonImport(
-        canvas=np.full((ch, cw), background, dtype=np.uint8), slide_shape=(H, W)
-    )
+    result = GeoJsonImport(canvas=np.full((ch, cw), background, dtype=np.uint8), slide_shape=(H, W))
     planned: list[tuple[int, str, Any]] = []
     unknown: Counter[str] = Counter()
     for feature in features:
@@ -526,3 +536,81 @@ def geojson_to_labels(
         result.canvas[window][covered] = label
     result.painted = dict(painted)
     return result
+
+
+# --------------------------------------------------------------------------- export of a store
+
+
+def export_geojson(
+    src: str | os.PathLike | SlideStore,
+    out: str | os.PathLike,
+    region: Sequence[int] | None = None,
+    *,
+    max_pixels: int = 4096 * 4096,
+    split_regions: bool = False,
+    simplify: float = 0.0,
+    overwrite: bool = False,
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
+) -> ExportResult:
+    """Export the labels of ``region`` (or the whole slide) as QuPath GeoJSON annotations.
+
+    Outlines are traced on the finest label level whose region has at most
+    ``max_pixels`` pixels (so memory is bounded whatever the slide size) and scaled to
+    level-0 pixel coordinates relative to the region's top-left corner, i.e. the
+    coordinates of the exported region image. ``split_regions``: one annotation per
+    connected region instead of one per class; ``simplify``: Douglas-Peucker tolerance
+    in level-0 pixels.
+    """
+    store = open_source(src)
+    box = check_region(region, store.shape)
+    target = check_target(out, overwrite=overwrite)
+    if label_source(store) is None:
+        raise ExportError(f"{store.path} has no {LABEL_NAME!r} label image to export as GeoJSON")
+    x, y, w, h = box
+    k = 0
+    while k + 1 < store.num_levels and (-(-h // 2**k)) * (-(-w // 2**k)) > max_pixels:
+        k += 1
+    f = 2**k
+    r0, r1 = y // f, min(-(-(y + h) // f), store.level_shapes[k][0])
+    c0, c1 = x // f, min(-(-(x + w) // f), store.level_shapes[k][1])
+    level = store.label_level(k)
+    rows = list(range(r0, r1, TILE))
+    present_classes = len(store.class_names)
+    counter = ExportProgress(progress, len(rows) + present_classes, "reading labels")
+    labels = np.empty((r1 - r0, c1 - c0), dtype=np.uint8)
+    for start in rows:
+        check(cancel)
+        stop = min(start + TILE, r1)
+        labels[start - r0 : stop - r0] = level[start:stop, c0:c1]
+        counter.step()
+    check(cancel)
+    counter.message = "tracing outlines"
+    features = labels_to_features(
+        labels,
+        class_names=store.class_names,
+        class_colors=store.class_colors,
+        scale=(float(f), float(f)),
+        offset=(c0 * f - x, r0 * f - y),
+        clip=(0.0, 0.0, float(w), float(h)),
+        split_regions=split_regions,
+        simplify=simplify,
+    )
+    check(cancel)
+    collection = {
+        "type": "FeatureCollection",
+        "features": features,
+        PROVENANCE_KEY: export_provenance(store, "geojson", box),
+    }
+    with atomic_path(target, overwrite=overwrite) as tmp:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(collection, fh)
+    counter.finish()
+    return ExportResult(
+        path=target,
+        format="geojson",
+        region=box,
+        files=[target],
+        num_levels=1,
+        warnings=export_warnings(store, True),
+    )

@@ -174,8 +174,7 @@ def load_label_image(path: str | Path) -> np.ndarray:
         raise
     except Exception as exc:  # any decoder failure means the same thing to the user
         raise MaskError(
-            f"cannot read mask file {path} ({type(exc).__name__}: {exc}); "
-            f"save it as a PNG or TIFF label image"
+            f"cannot read mask file {path} ({type(exc).__name__}: {exc}); save it as a PNG or TIFF label image"
         ) from exc
 
     if array.ndim == 3:
@@ -194,9 +193,7 @@ def load_label_image(path: str | Path) -> np.ndarray:
     return np.ascontiguousarray(_as_uint8_labels(array, str(path)))
 
 
-def validate_labels(
-    canvas: np.ndarray, num_classes: int, class_names: list[str] | None = None
-) -> None:
+def validate_labels(canvas: np.ndarray, num_classes: int, class_names: list[str] | None = None) -> None:
     """Raise MaskError if ``canvas`` uses labels the model does not know (>= ``num_classes``)."""
     canvas = np.asarray(canvas)
     if canvas.size == 0 or int(canvas.max()) < num_classes:
@@ -219,9 +216,7 @@ def mask_from_file(path: str | Path, shape: tuple[int, int]) -> CanvasMask:
     return CanvasMask(load_label_image(path), shape)
 
 
-def latent_labels(
-    source: MaskSource, latent_shape: tuple[int, int], scale_factor: int
-) -> np.ndarray:
+def latent_labels(source: MaskSource, latent_shape: tuple[int, int], scale_factor: int) -> np.ndarray:
     """uint8 (h, w) labels of a latent grid: latent pixel (i, j) takes slide pixel (i*s, j*s).
 
     This is what the official code's nearest-neighbour ``F.interpolate`` of the mask does.

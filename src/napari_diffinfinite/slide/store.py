@@ -2,13 +2,20 @@
 
 Layout::
 
-    slide.zarr/                 RGB multiscale image, axes (c, y, x), uint8, chunks (3, 512, 512)
-    slide.zarr/labels/tissue/   uint8 multiscale label image, axes (y, x), image-label metadata
-    slide.zarr/diffinfinite/    sampler state for resume (double-buffered) and the label canvas
+    slide.zarr/                    RGB multiscale image, axes (c, y, x), uint8, chunks (3, 512, 512),
+                                   bioformats2raw.layout 3
+    slide.zarr/labels/tissue/      uint8 multiscale label image, axes (y, x), image-label metadata
+    slide.zarr/OME/METADATA.ome.xml   channels Red/Green/Blue and the pixel size, for QuPath 0.6
+    slide.zarr/diffinfinite/       plain files, not zarr: the writer lock, the label canvas
+                                   (canvas.npy) and, while the slide is being generated, the
+                                   sampler state for resume (state.json + state_0/ or state_1/)
 
 The store is already the export format, so other tools (ome-zarr-py, QuPath, napari) read it
 as it is being written. Root attribute ``diffinfinite`` holds the provenance, always with
-``synthetic: true`` so a generated slide cannot pass for a patient's.
+``synthetic: true`` so a generated slide cannot pass for a patient's. The resume state is kept
+as ``.npy`` files rather than zarr arrays because QuPath's reader lists every zarr array of a
+store as an image (a float latent would show up as one); :meth:`SlideStore.mark_complete`
+removes it unless asked to keep it, so a finished store is image + labels + metadata.
 
 Atomicity of chunk writes: zarr 3.1's ``LocalStore`` writes every key (chunks and metadata
 alike) to ``<key>.<uuid>.partial`` in the same folder and then ``Path.replace``s it onto the
@@ -17,21 +24,23 @@ or the new chunk, never a half-written one under its final name. It does not fsy
 protects against a crashed process, not against power loss; a crash can leave a stray
 ``*.partial`` file behind, which zarr ignores for data but lists as an unknown object.
 
-Concurrency: one writer per store. Writes through one :class:`SlideStore` are serialised by a
-lock, because upper pyramid levels are read-modify-written; any number of readers may read
-while it writes.
+Concurrency: one writer per store, enforced across processes by a lock file (see
+:mod:`.lock`); a second writer is refused with a message naming the first. Writes through one
+:class:`SlideStore` are serialised by a thread lock, because upper pyramid levels are
+read-modify-written; any number of readers may read while it writes.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import io
+import json
 import os
 import shutil
 import threading
 from pathlib import Path
 from typing import Any
 
-import numcodecs
 import numpy as np
 import zarr
 from zarr.storage import LocalStore
@@ -40,24 +49,17 @@ from .. import __version__
 from ..errors import StoreError
 from ..progress import CancelToken, ProgressCallback, ProgressEvent, check, report
 from . import ngff
+from .constants import LABEL_NAME, LOCK_FILE, NGFF_VERSION, PROVENANCE_KEY, SOFTWARE, STATE_DIR, TILE
+from .lock import WriterLock
 from .masks import MaskSource
-from .pyramid import image_levels, level_shapes
+from .ownership import check_replaceable_store, remove_store_contents
+from .pyramid import level_shapes, write_tile_levels
 
-NGFF_VERSION = "0.4"
-LABEL_NAME = "tissue"
-STATE_GROUP = "diffinfinite"
-PROVENANCE_KEY = "diffinfinite"
+__all__ = ["SlideStore", "NGFF_VERSION", "LABEL_NAME", "STATE_DIR", "PROVENANCE_KEY"]
+
 _STATE_SLOTS = ("state_0", "state_1")
-_V2_KEYS = {"name": "v2", "separator": "/"}  # NGFF 0.4 uses "/"-separated chunk keys
-
-
-def _image_compressor() -> numcodecs.abc.Codec:
-    return numcodecs.Blosc(cname="zstd", clevel=5, shuffle=numcodecs.Blosc.SHUFFLE)
-
-
-def _state_compressor() -> numcodecs.abc.Codec:
-    # Latents are noisy floats: compression buys little, so favour speed.
-    return numcodecs.Blosc(cname="zstd", clevel=1, shuffle=numcodecs.Blosc.SHUFFLE)
+_STATE_POINTER = "state.json"
+_CANVAS = "canvas.npy"
 
 
 def _jsonable(value: Any, where: str) -> Any:
@@ -82,65 +84,19 @@ def _jsonable(value: Any, where: str) -> Any:
     )
 
 
-def _multiscale(
-    name: str, num_levels: int, pixel_size_um: float | None, channel: bool, method: str
-) -> dict[str, Any]:
-    return {
-        "version": NGFF_VERSION,
-        "name": name,
-        "axes": ngff.axes(pixel_size_um, channel),
-        "datasets": ngff.datasets(num_levels, pixel_size_um, channel),
-        "type": method,
-    }
-
-
-def _omero(name: str) -> dict[str, Any]:
-    return ngff.omero(name, NGFF_VERSION)
-
-
-def _image_label(class_names: list[str], class_colors: list[tuple[int, int, int]]) -> dict:
-    # Label 0 is "unknown": transparent, as viewers draw background.
-    colors = [
-        {"label-value": i, "rgba": [*map(int, rgb), 0 if i == 0 else 255]}
-        for i, rgb in enumerate(class_colors)
-    ]
-    properties = [{"label-value": i, "class": name} for i, name in enumerate(class_names)]
-    return {
-        "version": NGFF_VERSION,
-        "colors": colors,
-        "properties": properties,
-        "source": {"image": "../../"},
-    }
-
-
 def _check_classes(
     class_names: list[str], class_colors: list[tuple[int, int, int]]
 ) -> tuple[list[str], list[tuple[int, int, int]]]:
     names = [str(n) for n in class_names]
     colors = [tuple(int(v) for v in c) for c in class_colors]
     if len(names) != len(colors):
-        raise StoreError(
-            f"got {len(names)} class names but {len(colors)} class colours; give one colour per class"
-        )
+        raise StoreError(f"got {len(names)} class names but {len(colors)} class colours; give one colour per class")
     if not 1 <= len(names) <= 256:
         raise StoreError(f"a slide needs 1 to 256 classes (label 0 = unknown), got {len(names)}")
     for name, color in zip(names, colors):
         if len(color) != 3 or not all(0 <= v <= 255 for v in color):
             raise StoreError(f"class {name!r} has colour {color}; colours are (r, g, b) in 0..255")
     return names, colors  # type: ignore[return-value]
-
-
-def _remove_existing(path: Path) -> None:
-    """Delete a previous store at ``path``, refusing anything that is not a zarr folder."""
-    if path.is_dir() and not path.is_symlink():
-        is_zarr = (path / ".zgroup").exists() or (path / "zarr.json").exists()
-        if is_zarr or not any(path.iterdir()):
-            shutil.rmtree(path)
-            return
-    raise StoreError(
-        f"{path} exists and is not a zarr store; refusing to delete it. "
-        f"Choose another output path or remove it yourself"
-    )
 
 
 def _fsync_tree(folder: Path) -> None:
@@ -154,10 +110,15 @@ def _fsync_tree(folder: Path) -> None:
                 os.close(fd)
 
 
-def _ngff_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
-    """The OME attributes of a group: top level in NGFF 0.4, under "ome" in 0.5."""
-    ome = attrs.get("ome")
-    return ome if isinstance(ome, dict) else attrs
+def _replace_file(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically: a flushed temporary file renamed onto it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(temporary, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(temporary, path)
 
 
 def _axis_names(multiscale: dict[str, Any]) -> list[str]:
@@ -179,21 +140,21 @@ class SlideStore:
     class_colors: list[tuple[int, int, int]]
     pixel_size_um: float | None
 
-    def __init__(self, path: Path, root: zarr.Group, mode: str) -> None:
+    def __init__(self, path: Path, root: zarr.Group, mode: str, writer_lock: WriterLock | None = None) -> None:
         self.path = Path(path)
         self._root = root
         self._mode = mode
         self._lock = threading.Lock()
+        self._writer_lock = writer_lock
         attrs = root.attrs.asdict()
-        multiscales = _ngff_attrs(attrs).get("multiscales")
+        multiscales = ngff.ngff_attrs(attrs).get("multiscales")
         if not multiscales or not isinstance(multiscales, list):
             raise StoreError(f"{path} is not a slide store: no OME-Zarr multiscales metadata")
         multiscale = multiscales[0]
         axes = _axis_names(multiscale)
         if axes != ["c", "y", "x"]:
             raise StoreError(
-                f"{path} is an OME-Zarr image with axes {axes}; a slide is an RGB image with "
-                f"axes ['c', 'y', 'x']"
+                f"{path} is an OME-Zarr image with axes {axes}; a slide is an RGB image with axes ['c', 'y', 'x']"
             )
         try:
             self._images = [root[d["path"]] for d in multiscale["datasets"]]
@@ -212,17 +173,14 @@ class SlideStore:
         self._ours = isinstance(provenance, dict)
         if mode == "r+" and not self._ours:
             raise StoreError(
-                f"{path} was not written by napari-diffinfinite (no {PROVENANCE_KEY!r} provenance); "
-                f"open it read-only"
+                f"{path} was not written by napari-diffinfinite (no {PROVENANCE_KEY!r} provenance); open it read-only"
             )
         provenance = provenance if self._ours else {}
         label_meta = self._label_metadata(root)
         names = provenance.get("class_names") or [
             p.get("class", str(p.get("label-value"))) for p in label_meta.get("properties", [])
         ]
-        colors = provenance.get("class_colors") or [
-            c.get("rgba", [0, 0, 0])[:3] for c in label_meta.get("colors", [])
-        ]
+        colors = provenance.get("class_colors") or [c.get("rgba", [0, 0, 0])[:3] for c in label_meta.get("colors", [])]
         self.class_names = [str(n) for n in names]
         self.class_colors = [tuple(int(v) for v in c) for c in colors]  # type: ignore[misc]
         if "pixel_size_um" in provenance:
@@ -245,7 +203,7 @@ class SlideStore:
     @staticmethod
     def _label_metadata(root: zarr.Group) -> dict[str, Any]:
         try:
-            return _ngff_attrs(root[f"labels/{LABEL_NAME}"].attrs.asdict()).get("image-label", {})
+            return ngff.ngff_attrs(root[f"labels/{LABEL_NAME}"].attrs.asdict()).get("image-label", {})
         except KeyError:
             return {}
 
@@ -255,7 +213,7 @@ class SlideStore:
             group = root[f"labels/{LABEL_NAME}"]
         except KeyError:
             return None
-        multiscales = _ngff_attrs(group.attrs.asdict()).get("multiscales")
+        multiscales = ngff.ngff_attrs(group.attrs.asdict()).get("multiscales")
         if not multiscales:
             return None
         return [group[d["path"]] for d in multiscales[0]["datasets"]]
@@ -271,19 +229,22 @@ class SlideStore:
         pixel_size_um: float | None = None,
         provenance: dict,
         overwrite: bool = False,
-        tile: int = 512,
+        tile: int = TILE,
     ) -> SlideStore:
         """Create an empty slide store of ``shape`` (H, W) px at ``path`` and open it "r+".
 
-        Raises StoreError if ``path`` exists (unless ``overwrite``; only a zarr folder is ever
-        deleted), if its parent folder is missing or unwritable, or if the slide is too large.
+        The new store holds the writer lock until :meth:`close` or :meth:`mark_complete` (use it
+        as a context manager). Raises StoreError if ``path`` exists (unless ``overwrite``, which
+        replaces only an empty folder or a slide store made by this tool, see
+        :mod:`.ownership`), if another process is writing it, if its parent folder is missing
+        or unwritable, or if the slide is too large.
         """
-        path = Path(path)
+        path = Path(path).expanduser().absolute()
         shapes = level_shapes(shape, tile)
         if tile % 2 ** (len(shapes) - 1):
             raise StoreError(
                 f"tile size {tile} must be divisible by 2**{len(shapes) - 1} for a "
-                f"{len(shapes)}-level pyramid; use a tile size of 512"
+                f"{len(shapes)}-level pyramid; use a tile size of {TILE}"
             )
         names, colors = _check_classes(class_names, class_colors)
         if pixel_size_um is not None and not pixel_size_um > 0:
@@ -291,7 +252,7 @@ class SlideStore:
         record = {
             **_jsonable(dict(provenance), "provenance"),
             "synthetic": True,
-            "software": "napari-diffinfinite",
+            "software": SOFTWARE,
             "version": __version__,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "class_names": names,
@@ -299,81 +260,76 @@ class SlideStore:
             "pixel_size_um": pixel_size_um,
             "complete": False,
         }
-
-        if path.exists() or path.is_symlink():
+        existed = path.exists() or path.is_symlink()
+        if existed:
             if not overwrite:
+                raise StoreError(f"{path} already exists; use --resume to continue it or --overwrite to replace it")
+            check_replaceable_store(path)
+        else:
+            parent = path.parent
+            if not parent.is_dir():
+                raise StoreError(f"cannot create {path}: the folder {parent} does not exist; create it first")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise StoreError(f"cannot create {path}: no permission to write in {parent}")
+            try:
+                os.mkdir(path)
+            except FileExistsError:
                 raise StoreError(
-                    f"{path} already exists; use --resume to continue it or --overwrite to replace it"
-                )
-            _remove_existing(path)
-        parent = path.parent
-        if not parent.is_dir():
-            raise StoreError(
-                f"cannot create {path}: the folder {parent} does not exist; create it first"
-            )
-        if not os.access(parent, os.W_OK | os.X_OK):
-            raise StoreError(f"cannot create {path}: no permission to write in {parent}")
-
+                    f"{path} was created by another process just now; choose another output path"
+                ) from None
+            except OSError as exc:
+                raise StoreError(f"cannot create the slide store {path}: {exc.strerror or exc}") from exc
+        lock_path = path / STATE_DIR / LOCK_FILE
         try:
-            root = zarr.open_group(store=LocalStore(path), mode="w-", zarr_format=2)
+            writer_lock = WriterLock(path, lock_path).acquire()
+        except BaseException:
+            if not existed:
+                shutil.rmtree(path, ignore_errors=True)
+            raise
+        try:
+            if existed:
+                check_replaceable_store(path)  # again, now that no other writer can change it
+                remove_store_contents(path, keep=lock_path)
+            root = zarr.open_group(store=LocalStore(path), mode="a", zarr_format=2)  # holds only our lock file
             cls._create_arrays(root, shapes, tile)
             name = f"synthetic slide ({path.name})"
-            labels = root["labels"]
-            tissue = labels[LABEL_NAME]
-            tissue.attrs.update(
-                {
-                    "multiscales": [_multiscale(LABEL_NAME, len(shapes), pixel_size_um, False, "nearest")],
-                    "image-label": _image_label(names, colors),
-                }
+            ngff.write_label_metadata(
+                root, version=NGFF_VERSION, num_levels=len(shapes), pixel_size_um=pixel_size_um,
+                class_names=names, class_colors=colors,
+            )  # fmt: skip
+            ngff.write_ome_xml(
+                root, path, version=NGFF_VERSION, name=name, shape=shapes[0], pixel_size_um=pixel_size_um
             )
-            labels.attrs["labels"] = [LABEL_NAME]
-            root.create_group(STATE_GROUP)
             # Root metadata last: a store that has "multiscales" has all its arrays.
-            root.attrs.update(
-                {
-                    "multiscales": [_multiscale(name, len(shapes), pixel_size_um, True, "mean")],
-                    "omero": _omero(name),
-                    PROVENANCE_KEY: record,
-                }
-            )
+            ngff.write_image_metadata(
+                root, version=NGFF_VERSION, name=name, num_levels=len(shapes), pixel_size_um=pixel_size_um,
+                extra={PROVENANCE_KEY: record},
+            )  # fmt: skip
         except BaseException as exc:
-            shutil.rmtree(path, ignore_errors=True)  # ours: the path did not exist before
+            # Ours to remove: the folder did not exist, or was our own store being replaced.
+            remove_store_contents(path, keep=lock_path)
+            writer_lock.release()
+            if not existed:
+                shutil.rmtree(path, ignore_errors=True)
             if isinstance(exc, OSError):
                 raise StoreError(f"cannot create the slide store {path}: {exc}") from exc
             raise
-        return cls(path, root, "r+")
+        return cls(path, root, "r+", writer_lock)
 
     @staticmethod
     def _create_arrays(root: zarr.Group, shapes: list[tuple[int, int]], tile: int) -> None:
-        tissue = root.require_group("labels").require_group(LABEL_NAME)
-        for k, (h, w) in enumerate(shapes):
-            root.create_array(
-                str(k),
-                shape=(3, h, w),
-                chunks=(3, tile, tile),
-                dtype="uint8",
-                fill_value=0,
-                compressors=_image_compressor(),
-                chunk_key_encoding=_V2_KEYS,
-                # Every written tile leaves a chunk file, even an all-black one.
-                config={"write_empty_chunks": True},
-            )
-            tissue.create_array(
-                str(k),
-                shape=(h, w),
-                chunks=(tile, tile),
-                dtype="uint8",
-                fill_value=0,
-                compressors=_image_compressor(),
-                chunk_key_encoding=_V2_KEYS,
-            )
+        tissue = root.create_group("labels").create_group(LABEL_NAME)
+        # Every written image tile leaves a chunk file, even an all-black one.
+        ngff.create_level_arrays(root, shapes, rgb=True, zarr_format=2, tile=tile, write_empty_chunks=True)
+        ngff.create_level_arrays(tissue, shapes, rgb=False, zarr_format=2, tile=tile)
 
     @classmethod
     def open(cls, path: str | os.PathLike, mode: str = "r") -> SlideStore:
         """Open an existing slide store, read-only ("r") or for writing ("r+").
 
         Any OME-Zarr RGB image with axes (c, y, x) opens read-only, including stores written
-        by other tools; writing needs a store created by :meth:`create`.
+        by other tools; writing needs a store created by :meth:`create`, and takes the writer
+        lock (refused while another process writes the store) until :meth:`close`.
         """
         if mode not in ("r", "r+"):
             raise StoreError(f"mode must be 'r' or 'r+', got {mode!r}")
@@ -385,10 +341,16 @@ class SlideStore:
         try:
             root = zarr.open_group(store=LocalStore(path, read_only=mode == "r"), mode=mode)
         except Exception as exc:  # zarr raises several kinds for "no group here"
-            raise StoreError(
-                f"{path} is not a slide store: no OME-Zarr multiscales metadata ({exc})"
-            ) from exc
-        return cls(path, root, mode)
+            raise StoreError(f"{path} is not a slide store: no OME-Zarr multiscales metadata ({exc})") from exc
+        if mode == "r":
+            return cls(path, root, mode)
+        cls(path, root, "r")  # refuse a foreign store before touching it
+        writer_lock = WriterLock(path, path / STATE_DIR / LOCK_FILE).acquire()
+        try:
+            return cls(path, root, mode, writer_lock)
+        except BaseException:
+            writer_lock.release()
+            raise
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -413,9 +375,7 @@ class SlideStore:
         self._check_level(level)
         h, w = self.level_shapes[level]
         if not (0 <= y0 <= y1 <= h and 0 <= x0 <= x1 <= w):
-            raise StoreError(
-                f"region y {y0}:{y1}, x {x0}:{x1} is outside level {level} ({h} x {w} px)"
-            )
+            raise StoreError(f"region y {y0}:{y1}, x {x0}:{x1} is outside level {level} ({h} x {w} px)")
         return np.ascontiguousarray(np.moveaxis(self._images[level][:, y0:y1, x0:x1], 0, -1))
 
     @property
@@ -445,18 +405,12 @@ class SlideStore:
         t = self.tile
         h, w = self.shape
         if y0 % t or x0 % t or not (0 <= y0 < h and 0 <= x0 < w):
-            raise StoreError(
-                f"tile origin ({y0}, {x0}) must be a multiple of {t} inside the {h} x {w} px slide"
-            )
+            raise StoreError(f"tile origin ({y0}, {x0}) must be a multiple of {t} inside the {h} x {w} px slide")
         expected = (3, min(t, h - y0), min(t, w - x0))
         if rgb.dtype != np.uint8 or rgb.shape != expected:
-            raise StoreError(
-                f"the tile at ({y0}, {x0}) must be uint8 of shape {expected}, got {rgb.dtype} {rgb.shape}"
-            )
+            raise StoreError(f"the tile at ({y0}, {x0}) must be uint8 of shape {expected}, got {rgb.dtype} {rgb.shape}")
         with self._lock:
-            for k, level in enumerate(image_levels(rgb, self.num_levels)):
-                ys, xs = y0 >> k, x0 >> k
-                self._images[k][:, ys : ys + level.shape[1], xs : xs + level.shape[2]] = level
+            write_tile_levels(self._images, y0, x0, rgb)
 
     def write_labels(
         self,
@@ -487,9 +441,7 @@ class SlideStore:
                     bh, bw = min(t, h - cy), min(t, w - cx)
                     block = mask.region(cy * s, (cy + bh) * s, cx * s, (cx + bw) * s, step=s)
                     if block.shape != (bh, bw):
-                        raise StoreError(
-                            f"{type(mask).__name__}.region returned {block.shape}, expected {(bh, bw)}"
-                        )
+                        raise StoreError(f"{type(mask).__name__}.region returned {block.shape}, expected {(bh, bw)}")
                     with self._lock:
                         self._labels[k][cy : cy + bh, cx : cx + bw] = block.astype(np.uint8, copy=False)
                     done += 1
@@ -506,82 +458,121 @@ class SlideStore:
             # zarr rewrites the whole attribute file through its temp-file-and-rename write.
             self._root.attrs[PROVENANCE_KEY] = record
 
-    def mark_complete(self) -> None:
-        """Record that every tile and the label pyramid have been written."""
+    def mark_complete(self, keep_state: bool = False) -> None:
+        """Record that every tile and the label pyramid are written, and stop writing.
+
+        The sampler state is deleted (a finished store is image + labels + metadata) unless
+        ``keep_state``; the label canvas stays. The writer lock is released and the store
+        becomes read-only.
+        """
         self.update_provenance(complete=True)
+        if not keep_state:
+            with self._lock:
+                self._remove_state()
+        self.close()
+
+    # -- life cycle ------------------------------------------------------------------------
+
+    @property
+    def writable(self) -> bool:
+        """True while this store is open for writing (and holds the writer lock)."""
+        return self._mode == "r+"
+
+    def close(self) -> None:
+        """Release the writer lock (if held); the store stays readable. Safe to call twice."""
+        if self._writer_lock is not None:
+            self._writer_lock.release()
+            self._writer_lock = None
+        self._mode = "r"
+
+    def __enter__(self) -> SlideStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # -- resume state ----------------------------------------------------------------------
+    # Plain files in STATE_DIR, never zarr arrays (see the module docstring).
 
-    def _state_group(self, create: bool) -> zarr.Group | None:
-        if create:
-            return self._root.require_group(STATE_GROUP)
-        try:
-            group = self._fresh_root()[STATE_GROUP]
-        except KeyError:
-            return None
-        return group if isinstance(group, zarr.Group) else None
+    @property
+    def _state_dir(self) -> Path:
+        return self.path / STATE_DIR
+
+    def _remove_state(self) -> None:
+        (self._state_dir / _STATE_POINTER).unlink(missing_ok=True)
+        for slot in _STATE_SLOTS:
+            shutil.rmtree(self._state_dir / slot, ignore_errors=True)
 
     def save_state(self, arrays: dict[str, np.ndarray], meta: dict) -> None:
         """Save the sampler state atomically, replacing the previous one.
 
-        Two slots (``state_0``, ``state_1``) alternate: the arrays go into the slot that is not
-        current, are flushed to disk, and only then does the pointer (the "state" attribute
-        of ``diffinfinite/``, written by zarr via temp file + rename) switch to it. A crash at
-        any point leaves the previous complete state loadable. ``meta`` must be JSON-like;
-        tuples come back as lists.
+        Two slots (``state_0``, ``state_1``) alternate: the arrays go as ``.npy`` files into the
+        slot that is not current, are flushed to disk, and only then does the pointer
+        (``state.json``, replaced by rename) switch to it. A crash at any point leaves the
+        previous complete state loadable. ``meta`` must be JSON-like; tuples come back as lists.
         """
         self._require_writable()
         meta_json = _jsonable(meta, "state meta")
         spec: dict[str, dict[str, Any]] = {}
         for name, array in arrays.items():
-            if not name or "/" in name or name.startswith("."):
+            if not name or "/" in name or "\\" in name or name.startswith("."):
                 raise StoreError(f"state array name {name!r} must be non-empty, without '/' or a leading '.'")
             array = np.asarray(array)
             if array.dtype.kind not in "biufc":
                 raise StoreError(f"state array {name!r} has dtype {array.dtype}; only numeric arrays are saved")
             spec[name] = {"dtype": array.dtype.str, "shape": list(array.shape)}
         with self._lock:
-            group = self._state_group(create=True)
-            pointer = group.attrs.get("state")
+            pointer = self._read_pointer()
             slot = _STATE_SLOTS[1] if pointer and pointer.get("slot") == _STATE_SLOTS[0] else _STATE_SLOTS[0]
-            target = group.create_group(slot, overwrite=True)
+            folder = self._state_dir / slot
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir(parents=True)
             for name, array in arrays.items():
-                target.create_array(name, data=np.asarray(array), compressors=_state_compressor())
-            _fsync_tree(self.path / STATE_GROUP / slot)
-            self._commit_state_pointer(
-                group,
-                {
-                    "slot": slot,
-                    "arrays": spec,
-                    "meta": meta_json,
-                    "saved": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                },
-            )
+                np.save(folder / f"{name}.npy", np.asarray(array), allow_pickle=False)
+            _fsync_tree(folder)
+            record = {
+                "slot": slot,
+                "arrays": spec,
+                "meta": meta_json,
+                "saved": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            }
+            self._commit_state_pointer(self._state_dir / _STATE_POINTER, record)
 
     @staticmethod
-    def _commit_state_pointer(group: zarr.Group, pointer: dict) -> None:
-        # The single atomic step of save_state (zarr's LocalStore replaces .zattrs by rename).
-        group.attrs["state"] = pointer
+    def _commit_state_pointer(path: Path, pointer: dict) -> None:
+        # The single atomic step of save_state: state.json is replaced by rename.
+        _replace_file(path, json.dumps(pointer).encode())
 
-    def load_state(self) -> tuple[dict[str, np.ndarray], dict] | None:
-        """The last state saved by :meth:`save_state` as (arrays, meta), or None if none was."""
-        group = self._state_group(create=False)
-        pointer = group.attrs.get("state") if group is not None else None
-        if not pointer:
-            return None
+    def _read_pointer(self) -> dict[str, Any] | None:
         try:
-            slot = group[pointer["slot"]]
-            arrays = {}
-            for name, spec in pointer["arrays"].items():
-                array = np.asarray(slot[name][...])
-                if array.dtype != np.dtype(spec["dtype"]) or list(array.shape) != spec["shape"]:
-                    raise ValueError(f"{name} is {array.dtype} {array.shape}, expected {spec}")
-                arrays[name] = array
-        except (KeyError, ValueError) as exc:
+            pointer = json.loads((self._state_dir / _STATE_POINTER).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
             raise StoreError(
                 f"the resume state in {self.path} is damaged ({exc}); start again with --overwrite"
             ) from exc
-        return arrays, dict(pointer["meta"])
+        return pointer if isinstance(pointer, dict) else None
+
+    def load_state(self) -> tuple[dict[str, np.ndarray], dict] | None:
+        """The last state saved by :meth:`save_state` as (arrays, meta), or None if none was."""
+        pointer = self._read_pointer()
+        if not pointer:
+            return None
+        try:
+            folder = self._state_dir / str(pointer["slot"])
+            arrays = {}
+            for name, spec in pointer["arrays"].items():
+                array = np.load(folder / f"{name}.npy", allow_pickle=False)
+                if array.dtype != np.dtype(spec["dtype"]) or list(array.shape) != spec["shape"]:
+                    raise ValueError(f"{name} is {array.dtype} {array.shape}, expected {spec}")
+                arrays[name] = array
+            meta = dict(pointer["meta"])
+        except (KeyError, ValueError, TypeError, OSError) as exc:
+            raise StoreError(
+                f"the resume state in {self.path} is damaged ({exc}); start again with --overwrite"
+            ) from exc
+        return arrays, meta
 
     def save_canvas(self, canvas: np.ndarray) -> None:
         """Store the label canvas (uint8, canvas resolution) the slide is generated from."""
@@ -589,17 +580,19 @@ class SlideStore:
         canvas = np.asarray(canvas)
         if canvas.dtype != np.uint8 or canvas.ndim != 2:
             raise StoreError(f"a label canvas is a 2-D uint8 array, got {canvas.dtype} {canvas.shape}")
+        buffer = io.BytesIO()
+        np.save(buffer, np.ascontiguousarray(canvas), allow_pickle=False)
         with self._lock:
-            self._state_group(create=True).create_array(
-                "canvas", data=canvas, compressors=_image_compressor(), overwrite=True
-            )
+            _replace_file(self._state_dir / _CANVAS, buffer.getvalue())
 
     def load_canvas(self) -> np.ndarray | None:
         """The label canvas saved by :meth:`save_canvas`, or None."""
-        group = self._state_group(create=False)
-        if group is None or "canvas" not in group:
+        try:
+            return np.load(self._state_dir / _CANVAS, allow_pickle=False)
+        except FileNotFoundError:
             return None
-        return np.asarray(group["canvas"][...])
+        except (OSError, ValueError) as exc:
+            raise StoreError(f"the label canvas in {self.path} is damaged ({exc})") from exc
 
     def __repr__(self) -> str:
         return f"SlideStore({str(self.path)!r}, shape={self.shape}, levels={self.num_levels}, mode={self._mode!r})"

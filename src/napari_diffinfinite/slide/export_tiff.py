@@ -1,6 +1,7 @@
-"""Tiled pyramid TIFF writers: OME-TIFF for QuPath/Bio-Formats and a layout for OpenSlide.
+"""Pyramidal TIFF export: OME-TIFF for QuPath/Bio-Formats and a layout for OpenSlide.
 
-Two layouts of the same pyramid (level k = 2**k downsample, tiles of 512 x 512):
+All TIFF code of the project is here. Two layouts of the same pyramid (level k = 2**k
+downsample, tiles of 512 x 512):
 
 - ``"ome"``: OME-TIFF, BigTIFF. Level 0 is the one top-level page (OME-XML in its
   ImageDescription, physical pixel size, provenance as a MapAnnotation); levels 1.. are
@@ -14,12 +15,15 @@ Two layouts of the same pyramid (level k = 2**k downsample, tiles of 512 x 512):
 
 Tiles are read from the level arrays one at a time and handed to tifffile as an iterator,
 so memory stays at a few tiles whatever the image size. Label images use the same
-layouts, single-channel and always lossless.
+layouts, single-channel and always lossless, in ``<name>.labels.tif`` / ``.labels.ome.tif``
+(:func:`labels_path`). Every TIFF we write has Software = ``napari-diffinfinite``, which is
+how ``--overwrite`` recognises it.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,18 +32,38 @@ import numpy as np
 import tifffile
 
 from ..errors import ExportError
-from ..progress import CancelToken, check
+from ..progress import CancelToken, ProgressCallback, check
+from .atomic import atomic_paths, check_target, make_temporary, remove_path
+from .constants import SOFTWARE, SYNTHETIC_NOTE, TILE
+from .export_common import (
+    ExportProgress,
+    ExportResult,
+    check_region,
+    export_provenance,
+    export_warnings,
+    label_source,
+    open_source,
+)
+from .export_zarr import write_region_pyramid
+from .pyramid import level_shapes, tile_count
+from .store import SlideStore
 
-__all__ = ["LAYOUTS", "COMPRESSIONS", "tile_count", "write_tiff_pyramid"]
+__all__ = ["LAYOUTS", "COMPRESSIONS", "LABEL_SUFFIXES", "labels_path", "write_tiff_pyramid", "export_tiff"]
 
 LAYOUTS = ("ome", "openslide")
 COMPRESSIONS = ("jpeg", "zlib", "none")
-TILE = 512
+LABEL_SUFFIXES = (".labels.ome.tif", ".labels.ome.tiff", ".labels.tif", ".labels.tiff")
+"""Names of the label TIFFs we write (``a.ome.tif`` -> ``a.labels.ome.tif``)."""
 
 
-def tile_count(shapes: Sequence[tuple[int, int]], tile: int = TILE) -> int:
-    """Number of tiles in all levels of ``shapes`` ((h, w) per level)."""
-    return sum(-(-h // tile) * -(-w // tile) for h, w in shapes)
+def labels_path(out: str | os.PathLike) -> Path:
+    """Where the label TIFF of a TIFF export goes: ``a.ome.tif`` -> ``a.labels.ome.tif``."""
+    out = Path(out)
+    name = out.name
+    for suffix in (".ome.tiff", ".ome.tif", ".tiff", ".tif"):
+        if name.lower().endswith(suffix):
+            return out.with_name(name[: -len(suffix)] + ".labels" + name[-len(suffix) :])
+    return out.with_name(name + ".labels.tif")
 
 
 def _level_shape(level: Any) -> tuple[int, int]:
@@ -116,9 +140,7 @@ def _ome_metadata(
             PhysicalSizeYUnit="µm",
         )
     if annotations:
-        metadata["MapAnnotation"] = {
-            str(k): v if isinstance(v, str) else json.dumps(v) for k, v in annotations.items()
-        }
+        metadata["MapAnnotation"] = {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in annotations.items()}
     return metadata
 
 
@@ -178,7 +200,7 @@ def write_tiff_pyramid(
         return (*shapes[k], 3) if rgb else shapes[k]
 
     with tifffile.TiffWriter(path, bigtiff=True, ome=ome) as tif:
-        first: dict[str, Any] = {"software": "napari-diffinfinite"}
+        first: dict[str, Any] = {"software": SOFTWARE}
         if ome:
             first["metadata"] = _ome_metadata(rgb, pixel_size_um, name, description, annotations)
             first["subifds"] = len(levels) - 1
@@ -205,3 +227,118 @@ def write_tiff_pyramid(
                 **resolution(k),
                 **options,
             )
+
+
+def _tiff_annotations(provenance: dict[str, Any], store: SlideStore) -> dict[str, Any]:
+    notes = {k: v for k, v in provenance.items() if v is not None}
+    notes.setdefault("class_names", list(store.class_names))
+    return notes
+
+
+def export_tiff(
+    src: str | os.PathLike | SlideStore,
+    out: str | os.PathLike,
+    region: Sequence[int] | None = None,
+    *,
+    layout: str = "ome",
+    compression: str = "jpeg",
+    quality: int = 90,
+    with_labels: bool = True,
+    overwrite: bool = False,
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
+) -> ExportResult:
+    """Export ``region`` (or the whole slide) as a pyramidal TIFF and its label TIFF.
+
+    ``layout="ome"``: OME-TIFF with SubIFD levels for QuPath/Bio-Formats;
+    ``layout="openslide"``: top-level pages, which OpenSlide opens with every level.
+    ``compression`` is ``"jpeg"`` (``quality`` 1..100), ``"zlib"`` (lossless) or
+    ``"none"``; labels are always zlib. The label pyramid goes to :func:`labels_path`.
+    A region is first rebuilt as a temporary pyramid next to the output (removed
+    afterwards); the whole slide is read straight from the store's levels.
+    """
+    if layout not in LAYOUTS:
+        raise ExportError(f"unknown TIFF layout {layout!r}; use one of {LAYOUTS}")
+    if compression not in COMPRESSIONS:
+        raise ExportError(f"unknown TIFF compression {compression!r}; use one of {COMPRESSIONS}")
+    if compression == "jpeg" and not 1 <= int(quality) <= 100:
+        raise ExportError(f"JPEG quality must be 1..100, got {quality}")
+    store = open_source(src)
+    box = check_region(region, store.shape)
+    target = check_target(out, overwrite=overwrite)
+    label_src = label_source(store) if with_labels else None
+    has_labels = label_src is not None
+    targets = [target] + ([check_target(labels_path(target), overwrite=overwrite)] if has_labels else [])
+    shapes = level_shapes((box[3], box[2]), TILE)
+    # The store's own levels are the export's pyramid only if our store wrote them (a
+    # foreign OME-Zarr may have other level sizes or another downsampling): else rebuild.
+    whole = (
+        box == (0, 0, store.shape[1], store.shape[0])
+        and store.level_shapes == shapes
+        and store.provenance.get("software") == SOFTWARE
+    )
+    per_pyramid = tile_count(shapes)
+    total = per_pyramid * ((0 if whole else 1) + (2 if has_labels else 1))
+    fmt = "ome-tiff" if layout == "ome" else "tiff"
+    counter = ExportProgress(progress, total, f"writing {fmt}")
+    provenance = export_provenance(store, fmt, box)
+    name = f"{store.path.name.removesuffix('.zarr')}"
+    staging: Path | None = None
+    with atomic_paths(targets, overwrite=overwrite) as temporaries:
+        try:
+            if whole:
+                images = [store.image_level(k) for k in range(store.num_levels)]
+                labels = [store.label_level(k) for k in range(store.num_levels)] if has_labels else None
+            else:
+                staging = make_temporary(target, directory=True)
+                counter.message = "building the region's pyramid"
+                _, images, labels = write_region_pyramid(
+                    store,
+                    staging,
+                    box,
+                    zarr_format=2,
+                    fast=True,
+                    with_labels=has_labels,
+                    on_chunk=counter.step,
+                    cancel=cancel,
+                )
+            counter.message = f"writing {target.name}"
+            write_tiff_pyramid(
+                temporaries[0],
+                images,
+                layout=layout,
+                compression=compression,
+                quality=quality,
+                pixel_size_um=store.pixel_size_um,
+                name=name,
+                description=SYNTHETIC_NOTE if provenance.get("synthetic") else None,
+                annotations=_tiff_annotations(provenance, store),
+                on_tile=counter.step,
+                cancel=cancel,
+            )
+            if has_labels and labels is not None:
+                counter.message = "writing the label TIFF"
+                classes = {str(i): n for i, n in enumerate(store.class_names)}
+                write_tiff_pyramid(
+                    temporaries[1],
+                    labels,
+                    layout=layout,
+                    compression="zlib",
+                    pixel_size_um=store.pixel_size_um,
+                    name=f"{name} labels",
+                    description="Tissue class per pixel (0 = unknown); classes: " + json.dumps(classes),
+                    annotations={"classes": classes, "class_colors": [list(c) for c in store.class_colors]},
+                    on_tile=counter.step,
+                    cancel=cancel,
+                )
+        finally:
+            if staging is not None:
+                remove_path(staging)
+    return ExportResult(
+        path=target,
+        format=fmt,
+        region=box,
+        files=targets,
+        num_levels=len(shapes),
+        warnings=export_warnings(store, has_labels),
+    )
