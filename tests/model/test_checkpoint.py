@@ -62,15 +62,23 @@ def test_pickled_callable_is_refused_without_running(tmp_path, entry):
     assert not marker.exists()
 
 
-def test_eval_builtin_refused(tmp_path):
-    class Evil:
-        def __reduce__(self):
-            return (eval, ("1+1",))
+class _Evil:
+    def __reduce__(self):
+        return (eval, ("1+1",))
 
+
+def test_eval_builtin_refused(tmp_path):
+    path = tmp_path / "x.pt"
+    torch.save({"ema": _Evil()}, path)
+    with pytest.raises(CheckpointError, match="builtins.eval"):
+        load_model(path)
+
+
+def test_plain_pickle_refused_without_unpickling(tmp_path):
     path = tmp_path / "x.pt"
     with open(path, "wb") as f:
-        pickle.dump({"ema": Evil()}, f, protocol=2)
-    with pytest.raises(CheckpointError, match="builtins.eval"):
+        pickle.dump({"ema": _Evil()}, f, protocol=2)
+    with pytest.raises(CheckpointError, match="plain pickle or a legacy PyTorch file"):
         load_model(path)
 
 
@@ -85,7 +93,7 @@ def test_truncated_file_is_refused(tmp_path, official_image_checkpoint):
 def test_garbage_file_is_refused(tmp_path):
     path = tmp_path / "model-1.pt"
     path.write_bytes(b"not a checkpoint at all" * 10)
-    with pytest.raises(CheckpointError, match="not a readable PyTorch checkpoint"):
+    with pytest.raises(CheckpointError, match="not a PyTorch checkpoint"):
         load_model(path)
 
 
@@ -132,3 +140,77 @@ def test_missing_file():
 def test_write_official_checkpoint_roundtrip(tmp_path):
     path = write_official_checkpoint(tmp_path / "m.pt")
     assert load_model(path).config.kind == "image"
+
+
+class _ModeSpy:
+    """Records in which modes :class:`torch_file._Unpickler` ran ("inspect" always; "load" = the inert fallback)."""
+
+    def __init__(self, monkeypatch):
+        from napari_diffinfinite.model import torch_file
+
+        self.modes = []
+        original = torch_file._Unpickler
+        spy = self
+
+        class Spy(original):
+            def __init__(self, data, path, records, mode):
+                spy.modes.append(mode)
+                super().__init__(data, path, records, mode)
+
+        monkeypatch.setattr(torch_file, "_Unpickler", Spy)
+
+
+def test_torch20_scheduler_loads_through_weights_only(tmp_path, monkeypatch):
+    """torch 2.0 pickled OneCycleLR.anneal_func as a bound method (getattr of the scheduler, its Adam inside)."""
+    model = new_model(tiny_image_config(codec="sd2-vae"), seed=4)
+    data = official_checkpoint_dict(model)
+    scheduler = data["scheduler"]["anneal_func"]
+    data["scheduler"] = {"anneal_func": scheduler.get_last_lr, "total_steps": 10}
+    path = tmp_path / "model-2.pt"
+    torch.save(data, path)
+    spy = _ModeSpy(monkeypatch)
+    loaded = load_model(path)
+    assert spy.modes == ["inspect"]  # torch.load(weights_only=True) with the stand-ins read it
+    for key, value in model.unet.state_dict().items():
+        assert torch.equal(loaded.unet.state_dict()[key], value), key
+
+
+def test_other_framework_objects_load_through_the_inert_fallback(tmp_path, monkeypatch):
+    """A global outside the stand-ins (here functools.partial) makes torch refuse; the inert loader reads it."""
+    import functools
+
+    model = new_model(tiny_image_config(codec="sd2-vae"), seed=6)
+    data = official_checkpoint_dict(model, with_scheduler_object=False)
+    data["scheduler"] = {
+        "lr_lambda": functools.partial(torch.optim.lr_scheduler.LambdaLR, last_epoch=-1),
+        "base": torch.ones(3),
+    }
+    path = tmp_path / "model-3.pt"
+    torch.save(data, path)
+    spy = _ModeSpy(monkeypatch)
+    raw = read_checkpoint(path)
+    assert spy.modes == ["inspect", "load"]
+    assert "not loaded: functools.partial" in repr(raw["scheduler"]["lr_lambda"])
+    assert torch.equal(raw["scheduler"]["base"], torch.ones(3))
+    loaded = load_model(path)
+    for key, value in model.unet.state_dict().items():
+        assert torch.equal(loaded.unet.state_dict()[key], value), key
+
+
+def test_fallback_refuses_what_inspection_refuses(tmp_path):
+    import functools
+
+    data = official_checkpoint_dict(new_model(tiny_image_config(codec="sd2-vae")), with_scheduler_object=False)
+    data["scheduler"] = {
+        "lr_lambda": functools.partial(torch.optim.lr_scheduler.LambdaLR, last_epoch=-1),
+        "hook": _Evil(),
+    }
+    path = tmp_path / "model-4.pt"
+    torch.save(data, path)
+    with pytest.raises(CheckpointError, match="builtins.eval"):
+        read_checkpoint(path)
+
+
+def test_official_mask_checkpoint_with_ten_labels(official_mask_checkpoint):
+    model = load_model(official_mask_checkpoint, num_labels=10)
+    assert model.config.num_labels == 10 and len(model.config.class_colors) == 10

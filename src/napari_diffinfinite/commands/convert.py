@@ -1,20 +1,32 @@
-"""``diffinfinite convert``: an official ``model-N.pt`` to our safetensors folder format."""
+"""``diffinfinite convert``: an official ``model-N.pt`` to our safetensors folder format.
+
+The converted configuration goes through the same validation as every loaded model before
+anything is written; ``--overwrite`` replaces only a model folder this tool wrote.
+"""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
+from ..errors import CheckpointError
 from ..model.pretrained import convert_official, load_model
 
 
-def _colors(text: str) -> list[tuple[int, int, int]]:
+def _colors(text: str) -> list[tuple[int, ...]]:
+    """``R,G,B;R,G,B;...`` as integer triples (ranges are checked with the rest of the config)."""
     colors = []
     for item in text.split(";"):
-        parts = [int(v) for v in item.split(",")]
+        try:
+            parts = tuple(int(v) for v in item.split(","))
+        except ValueError:
+            parts = ()
         if len(parts) != 3:
-            raise ValueError(f"colour {item!r} is not R,G,B")
-        colors.append(tuple(parts))
+            raise CheckpointError(
+                f"--class-colors: {item.strip()!r} is not a colour; give R,G,B (three integers 0-255) per class, "
+                "separated by semicolons, label 0 first"
+            )
+        colors.append(parts)
     return colors
 
 
@@ -42,5 +54,7 @@ def run(args: argparse.Namespace) -> int:
         num_labels=args.num_labels, overwrite=args.overwrite,
     )  # fmt: skip
     model = load_model(out)
-    print(f"wrote {out}: {model.config.kind} model, {model.num_parameters:,} parameters, classes {model.config.class_names}")
+    print(
+        f"wrote {out}: {model.config.kind} model, {model.num_parameters:,} parameters, classes {model.config.class_names}"
+    )
     return 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,152 @@ _PALETTE = [
     (250, 190, 212),
     (0, 128, 128),
 ]
+
+
+# What this tool writes into config.json to recognise its own model folders (never loaded as a field).
+WRITTEN_BY_KEY = "written_by"
+WRITTEN_BY = "napari-diffinfinite"
+MAX_CONFIG_BYTES = 1 << 20
+
+# Caps on the architecture, checked before any network is built. They are far above any
+# DiffInfinite model (official: dim 256, mults (1, 2, 4) or (1, 2, 4, 8), 4 channels, 10 classes)
+# and far below what would make building the network exhaust memory.
+MAX_DIM = 1024
+MAX_DIM_MULT = 16
+MAX_LEVELS = 6
+MAX_CHANNELS = 768  # 3 * 16 * 16: pixel space with 16 x 16 unshuffle
+MAX_CLASSES = 256  # labels are uint8
+MAX_BLOCKS_PER_LAYER = 8
+MAX_HEADS = 64
+MAX_DIM_HEAD = 512
+MAX_PATCH_SIZE = 8192
+MAX_TIMESTEPS = 100_000
+MAX_NAME_LENGTH = 200
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_colour(value: Any) -> bool:
+    return isinstance(value, (list, tuple)) and len(value) == 3 and all(_is_int(v) and 0 <= v <= 255 for v in value)
+
+
+def _json_type(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def _int_problem(name: str, value: Any, low: int, high: int) -> list[str]:
+    if not _is_int(value):
+        return [f"{name} must be an integer, not {_json_type(value)} {value!r:.40}"]
+    if not low <= value <= high:
+        return [f"{name} must be between {low} and {high}, got {value}"]
+    return []
+
+
+def _unet_problems(unet: UNetConfig) -> list[str]:
+    problems = _int_problem("unet.dim", unet.dim, 1, MAX_DIM)
+    mults = unet.dim_mults
+    if not isinstance(mults, tuple) or not 1 <= len(mults) <= MAX_LEVELS:
+        problems.append(f"unet.dim_mults must be a list of 1 to {MAX_LEVELS} integers, got {mults!r:.60}")
+    else:
+        for i, m in enumerate(mults):
+            problems += _int_problem(f"unet.dim_mults[{i}]", m, 1, MAX_DIM_MULT)
+    problems += _int_problem("unet.channels", unet.channels, 1, MAX_CHANNELS)
+    problems += _int_problem("unet.num_classes", unet.num_classes, 1, MAX_CLASSES)
+    problems += _int_problem("unet.resnet_block_groups", unet.resnet_block_groups, 1, MAX_DIM)
+    problems += _int_problem("unet.block_per_layer", unet.block_per_layer, 1, MAX_BLOCKS_PER_LAYER)
+    problems += _int_problem("unet.attention_heads", unet.attention_heads, 1, MAX_HEADS)
+    problems += _int_problem("unet.attention_dim_head", unet.attention_dim_head, 1, MAX_DIM_HEAD)
+    if not problems and unet.dim % unet.resnet_block_groups:
+        problems.append(
+            f"unet.dim {unet.dim} must be a multiple of unet.resnet_block_groups {unet.resnet_block_groups}"
+        )
+    return problems
+
+
+def _names_problems(name: str, names: Any, count: int | None) -> list[str]:
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        return [f"{name} must be a list of strings, got {_json_type(names)}"]
+    problems = []
+    if count is not None and len(names) != count:
+        problems.append(f"{name} must have {count} entries, got {len(names)}")
+    if any(not n.strip() or len(n) > MAX_NAME_LENGTH for n in names):
+        problems.append(f"{name} must be non-empty and at most {MAX_NAME_LENGTH} characters long")
+    seen: dict[str, str] = {}
+    for n in names:
+        key = n.strip().casefold()
+        if key in seen:
+            problems.append(f"{name} has a duplicate: {seen[key]!r} and {n!r} (names must be unique)")
+            break
+        seen[key] = n
+    return problems
+
+
+def _model_problems(c: ModelConfig) -> list[str]:
+    problems = []
+    if c.kind not in ("image", "mask"):
+        problems.append(f"kind must be 'image' or 'mask', not {c.kind!r:.40}")
+    if c.codec not in ("sd2-vae", "identity"):
+        problems.append(f"codec must be 'sd2-vae' or 'identity', not {c.codec!r:.40}")
+    if not _is_real(c.latent_scale) or c.latent_scale <= 0:
+        problems.append(f"latent_scale must be a positive number, got {c.latent_scale!r:.40}")
+    problems += _int_problem("pixel_unshuffle", c.pixel_unshuffle, 1, 16)
+    problems += _int_problem("patch_size", c.patch_size, 1, MAX_PATCH_SIZE)
+    problems += _int_problem("timesteps", c.timesteps, 1, MAX_TIMESTEPS)
+    if _is_int(c.timesteps):
+        problems += _int_problem("sampling_steps", c.sampling_steps, 1, c.timesteps)
+    problems += _int_problem("mask_downsample", c.mask_downsample, 1, 64)
+    problems += _int_problem("format_version", c.format_version, 1, FORMAT_VERSION)
+    if not _is_real(c.eta) or not 0 <= c.eta <= 1:
+        problems.append(f"eta must be a number between 0 and 1, got {c.eta!r:.40}")
+    if c.pixel_size_um is not None and (not _is_real(c.pixel_size_um) or c.pixel_size_um <= 0):
+        problems.append(f"pixel_size_um must be a positive number or null, got {c.pixel_size_um!r:.40}")
+    if c.num_labels is not None:
+        problems += _int_problem("num_labels", c.num_labels, 2, MAX_CLASSES)
+    if not isinstance(c.description, str):
+        problems.append(f"description must be a string, not {_json_type(c.description)}")
+    if not isinstance(c.extra, dict):
+        problems.append(f"extra must be a JSON object, not {_json_type(c.extra)}")
+    if c.beta_schedule != "cosine" or c.objective != "pred_noise":
+        problems.append("only the cosine schedule with the pred_noise objective is supported")
+    if problems or not isinstance(c.unet, UNetConfig) or _unet_problems(c.unet):
+        return problems  # the checks below need sound numbers
+
+    if c.codec == "sd2-vae" and c.unet.channels != 4:
+        problems.append(f"the SD-2 VAE has 4 latent channels but the network has {c.unet.channels}")
+    if c.codec == "identity" and c.unet.channels != 3 * c.pixel_unshuffle**2:
+        problems.append(
+            f"a pixel-space network with pixel_unshuffle={c.pixel_unshuffle} needs "
+            f"{3 * c.pixel_unshuffle**2} channels, not {c.unet.channels}"
+        )
+    if c.kind == "image" and c.num_labels is not None and c.num_labels != c.unet.num_classes:
+        problems.append(f"num_labels ({c.num_labels}) is for mask models; an image model has unet.num_classes labels")
+    labels = c.num_labels if c.kind == "mask" and c.num_labels else c.unet.num_classes
+    problems += _names_problems("class_names", c.class_names, labels)
+    if not isinstance(c.class_colors, list):
+        problems.append(f"class_colors must be a list of [R, G, B] colours, got {_json_type(c.class_colors)}")
+    else:
+        if len(c.class_colors) != labels:
+            problems.append(f"class_colors must have {labels} entries (one per class), got {len(c.class_colors)}")
+        bad = [(i, col) for i, col in enumerate(c.class_colors) if not _is_colour(col)]
+        if bad:
+            i, col = bad[0]
+            problems.append(f"class_colors[{i}] = {col!r:.40} is not a colour: use three integers 0-255 (R, G, B)")
+    if c.condition_names is not None:
+        problems += _names_problems("condition_names", c.condition_names, c.unet.num_classes)
+    step = c.scale_factor * c.unet.downsampling
+    if c.patch_size % step:
+        problems.append(f"patch_size {c.patch_size} must be a multiple of {step}")
+    return problems
 
 
 def default_class_names(num_classes: int) -> list[str]:
@@ -106,7 +253,8 @@ class ModelConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.class_colors = [tuple(int(v) for v in c) for c in self.class_colors]
+        if isinstance(self.class_colors, list) and all(_is_colour(c) for c in self.class_colors):
+            self.class_colors = [tuple(c) for c in self.class_colors]
         self.validate()
 
     @property
@@ -118,32 +266,25 @@ class ModelConfig:
         return self.patch_size // self.scale_factor
 
     def validate(self) -> None:
-        problems = []
-        if self.kind not in ("image", "mask"):
-            problems.append(f"kind must be 'image' or 'mask', not {self.kind!r}")
-        if self.codec not in ("sd2-vae", "identity"):
-            problems.append(f"codec must be 'sd2-vae' or 'identity', not {self.codec!r}")
-        if self.codec == "sd2-vae" and self.unet.channels != 4:
-            problems.append(f"the SD-2 VAE has 4 latent channels but the network has {self.unet.channels}")
-        if self.codec == "identity" and self.unet.channels != 3 * self.pixel_unshuffle**2:
-            problems.append(
-                f"a pixel-space network with pixel_unshuffle={self.pixel_unshuffle} needs "
-                f"{3 * self.pixel_unshuffle**2} channels, not {self.unet.channels}"
-            )
-        labels = self.num_labels if self.kind == "mask" and self.num_labels else self.unet.num_classes
-        if len(self.class_names) != labels or len(self.class_colors) != labels:
-            problems.append(
-                f"{labels} classes need {labels} names and colours, got {len(self.class_names)} names "
-                f"and {len(self.class_colors)} colours"
-            )
-        if self.patch_size % self.scale_factor or (self.latent_patch % self.unet.downsampling):
-            problems.append(
-                f"patch_size {self.patch_size} must be a multiple of {self.scale_factor * self.unet.downsampling}"
-            )
-        if self.beta_schedule != "cosine" or self.objective != "pred_noise":
-            problems.append("only the cosine schedule with the pred_noise objective is supported")
+        """Refuse a configuration the engine cannot use, with every problem named at once.
+
+        The one check of a model configuration: loading (our folders and official
+        checkpoints), ``diffinfinite info``, ``convert`` and ``generate`` all go through it,
+        so none of them accepts what another refuses. It runs before any network is built;
+        the architecture caps keep a hostile file from making the loader allocate a network
+        out of proportion to the weights it holds.
+        """
+        problems = (
+            _unet_problems(self.unet)
+            if isinstance(self.unet, UNetConfig)
+            else [f"unet must be an architecture section, not {type(self.unet).__name__}"]
+        )
+        problems += _model_problems(self)
         if problems:
-            raise CheckpointError("invalid model configuration: " + "; ".join(problems))
+            raise CheckpointError(
+                "invalid model configuration: " + "; ".join(problems) + ". Fix the model's config.json (or the "
+                "options given to convert) or get the model again from its source."
+            )
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -153,36 +294,74 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        if not isinstance(data, dict):
+            raise CheckpointError(f"a model config must be a JSON object, not {type(data).__name__}")
         data = dict(data)
+        data.pop(WRITTEN_BY_KEY, None)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
             raise CheckpointError(f"unknown keys in model config: {', '.join(unknown)}")
-        if data.get("format_version", FORMAT_VERSION) > FORMAT_VERSION:
+        version = data.get("format_version", FORMAT_VERSION)
+        if _is_int(version) and version > FORMAT_VERSION:
             raise CheckpointError(
                 f"model config format {data['format_version']} is newer than this napari-diffinfinite "
                 f"understands ({FORMAT_VERSION}); upgrade napari-diffinfinite"
             )
-        try:
-            unet = dict(data.pop("unet"))
+        unet = data.pop("unet", None)
+        if not isinstance(unet, dict):
+            raise CheckpointError(f"the model config's 'unet' section must be a JSON object, not {_json_type(unet)}")
+        unknown = sorted(set(unet) - {f.name for f in dataclasses.fields(UNetConfig)})
+        if unknown:
+            raise CheckpointError(f"unknown keys in the model config's 'unet' section: {', '.join(unknown)}")
+        unet = dict(unet)
+        if isinstance(unet.get("dim_mults"), list):
             unet["dim_mults"] = tuple(unet["dim_mults"])
-            return cls(unet=UNetConfig(**unet), **data)
-        except (KeyError, TypeError) as exc:
-            raise CheckpointError(f"incomplete model config: {exc}") from exc
+        missing = sorted(
+            f.name
+            for f in dataclasses.fields(cls)
+            if f.default is dataclasses.MISSING
+            and f.default_factory is dataclasses.MISSING
+            and f.name not in data
+            and f.name != "unet"
+        )
+        if missing:
+            raise CheckpointError(f"incomplete model config: missing {', '.join(missing)}")
+        return cls(unet=UNetConfig(**unet), **data)
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> ModelConfig:
+        """Read and validate ``config.json``; every problem becomes a :class:`CheckpointError`."""
+        path = Path(path)
         try:
-            return cls.from_dict(json.loads(Path(path).read_text()))
-        except json.JSONDecodeError as exc:
-            raise CheckpointError(f"{path} is not valid JSON: {exc}") from exc
+            size = path.stat().st_size
+            if size > MAX_CONFIG_BYTES:
+                raise CheckpointError(f"is {size:,} bytes; a model config is a few kB (at most {MAX_CONFIG_BYTES:,})")
+            data = json.loads(path.read_bytes(), parse_constant=_refuse_constant)
+            return cls.from_dict(data)
+        except CheckpointError as exc:
+            raise CheckpointError(f"{path}: {exc}") from None
+        except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            raise CheckpointError(
+                f"{path} is not valid JSON ({exc}); restore the file from the model's source"
+            ) from None
+        except OSError as exc:
+            raise CheckpointError(f"{path} cannot be read: {exc.strerror or exc}") from None
 
 
-def official_config(kind: str, unet: UNetConfig) -> ModelConfig:
-    """The configuration the official code uses for a checkpoint with this architecture."""
+def official_config(kind: str, unet: UNetConfig, num_labels: int | None = None) -> ModelConfig:
+    """The configuration the official code uses for a checkpoint with this architecture.
+
+    ``num_labels``: label levels of a mask model (its checkpoint does not record them; 5 if None).
+    Validated like any configuration, so an architecture guessed from a file's shapes is capped
+    before any network is built.
+    """
+    problems = _unet_problems(unet)
+    if problems:  # before anything is sized by these numbers (the class names below)
+        raise CheckpointError("invalid model architecture: " + "; ".join(problems))
     if kind == "image":
         return ModelConfig(
             kind="image",
@@ -192,7 +371,7 @@ def official_config(kind: str, unet: UNetConfig) -> ModelConfig:
             codec="sd2-vae" if unet.channels == 4 else "identity",
             patch_size=512 if unet.channels == 4 else 64,
         )
-    num_labels = 5
+    num_labels = 5 if num_labels is None else num_labels
     return ModelConfig(
         kind="mask",
         unet=unet,
