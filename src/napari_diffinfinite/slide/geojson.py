@@ -64,7 +64,8 @@ __all__ = [
     "export_geojson",
 ]
 
-_ID_NAMESPACE = uuid.UUID("0b7f6f3e-3f0c-4d0e-9a47-64a1c1f0d1a5")
+ANNOTATION_TYPES = ("annotation",)
+"""QuPath object types imported by default; detections, cells and tiles are skipped."""
 
 
 def normalise_color(color: Any) -> list[int]:
@@ -233,11 +234,12 @@ def labels_to_features(
         if not polygons:
             continue
         groups = [[p] for p in polygons] if split_regions else [polygons]
-        for index, group in enumerate(groups):
+        for group in groups:
             features.append(
                 {
                     "type": "Feature",
-                    "id": str(uuid.uuid5(_ID_NAMESPACE, f"{value}:{name}:{index}")),
+                    # New for every export: QuPath keeps ids unique across a project.
+                    "id": str(uuid.uuid4()),
                     "geometry": _as_geojson_geometry(group),
                     "properties": {
                         "objectType": "annotation",
@@ -301,17 +303,31 @@ def read_geojson_features(source: str | os.PathLike | dict | list) -> list[dict]
     return features
 
 
-def _class_name(properties: dict) -> str | None:
+def _class_name(properties: dict) -> tuple[str, str] | None:
+    """(full name, base name) of a feature's class; a derived class "dermis: Positive" has base "dermis"."""
     classification = properties.get("classification")
+    name: str | None = None
+    names: list[str] = []
     if isinstance(classification, str):
-        return classification
-    if isinstance(classification, dict):
+        name = classification
+    elif isinstance(classification, dict):
+        raw = classification.get("names")
+        if isinstance(raw, list) and raw:
+            names = [str(n) for n in raw]
         if classification.get("name"):
-            return str(classification["name"])
-        names = classification.get("names")
-        if names:
-            return ": ".join(str(n) for n in names)
-    return None
+            name = str(classification["name"])
+        elif names:
+            name = ": ".join(names)
+    if not name:
+        return None
+    base = names[0] if names else name.split(": ")[0]
+    return name, base
+
+
+def _object_type(properties: dict) -> str:
+    """QuPath's ``objectType`` ("annotation" when absent, as QuPath imports plain GeoJSON)."""
+    value = properties.get("objectType") or properties.get("object_type") or "annotation"
+    return str(value).lower()
 
 
 @dataclass
@@ -320,19 +336,29 @@ class GeoJsonImport:
 
     ``canvas``: uint8 labels (``background`` where no annotation lies); ``slide_shape``:
     the level-0 (H, W) the canvas covers; ``painted``: features painted per class name;
-    ``unknown``: features skipped per unknown class name; ``unclassified``: features
-    without a class (skipped); ``not_areas``: point/line features (skipped).
+    ``derived``: derived class names painted as their base class (``"dermis: Positive"`` ->
+    ``"dermis"``); ``unknown``: features skipped per unknown class name; ``unclassified``:
+    features without a class (skipped); ``not_areas``: point/line features (skipped);
+    ``skipped_objects``: features skipped per QuPath object type (detections, cells, ...).
     """
 
     canvas: np.ndarray
     slide_shape: tuple[int, int]
     painted: dict[str, int] = field(default_factory=dict)
+    derived: dict[str, str] = field(default_factory=dict)
     unknown: dict[str, int] = field(default_factory=dict)
     unclassified: int = 0
     not_areas: int = 0
+    skipped_objects: dict[str, int] = field(default_factory=dict)
 
     def summary(self) -> str:
         parts = [f"painted {sum(self.painted.values())} annotations"]
+        if self.derived:
+            names = ", ".join(f"{name!r} as {base!r}" for name, base in self.derived.items())
+            parts.append(f"painted derived classes as their base class: {names}")
+        if self.skipped_objects:
+            kinds = ", ".join(f"{n} {kind}{'s' if n > 1 else ''}" for kind, n in self.skipped_objects.items())
+            parts.append(f"skipped {kinds} (only annotations are imported; include other object types to paint them)")
         if self.unknown:
             names = ", ".join(f"{name!r} ({n})" for name, n in self.unknown.items())
             parts.append(f"skipped unknown classes {names}")
@@ -459,6 +485,7 @@ def geojson_to_labels(
     background: int = 0,
     on_unknown: str = "error",
     max_canvas_side: int = 4096,
+    object_types: Sequence[str] = ANNOTATION_TYPES,
 ) -> GeoJsonImport:
     """Rasterise QuPath GeoJSON annotations into a label canvas for generation.
 
@@ -469,7 +496,11 @@ def geojson_to_labels(
     :class:`~napari_diffinfinite.slide.masks.CanvasMask`. Class names map to indices of
     ``class_names`` (exact, then case-insensitive); ``on_unknown="error"`` raises
     :class:`MaskError` naming unknown classes, ``"skip"`` leaves them out and reports them.
-    Overlaps: later features win.
+    Overlaps: later features win. Only features whose QuPath ``objectType`` is in
+    ``object_types`` are painted (by default annotations: an "export all objects" file also
+    holds every detected cell); the others are counted in ``skipped_objects``. A derived
+    class (``names: ["dermis", "Positive"]``) that the model lacks is painted as its base
+    class when the model has that, and reported in ``derived``.
     """
     if on_unknown not in ("error", "skip"):
         raise ValueError(f"on_unknown must be 'error' or 'skip', got {on_unknown!r}")
@@ -488,12 +519,18 @@ def geojson_to_labels(
     if not 0 <= background <= 255:
         raise MaskError(f"the background label must be in 0..255, got {background}")
 
+    wanted = {str(t).lower() for t in object_types}
     features = read_geojson_features(source)
     result = GeoJsonImport(canvas=np.full((ch, cw), background, dtype=np.uint8), slide_shape=(H, W))
     planned: list[tuple[int, str, Any]] = []
     unknown: Counter[str] = Counter()
+    skipped: Counter[str] = Counter()
     for feature in features:
         properties = feature.get("properties") or {}
+        kind = _object_type(properties)
+        if kind not in wanted:
+            skipped[kind] += 1
+            continue
         geometry = feature.get("geometry")
         if geometry is None:
             result.not_areas += 1
@@ -505,11 +542,16 @@ def geojson_to_labels(
         if not _polygons_of(geom) and not geom.is_empty:
             result.not_areas += 1
             continue
-        name = _class_name(properties)
-        if name is None:
+        named = _class_name(properties)
+        if named is None:
             result.unclassified += 1
             continue
+        name, base = named
         label = _match_class(name, class_names)
+        if label is None and base != name:
+            label = _match_class(base, class_names)
+            if label is not None:
+                result.derived[name] = class_names[label]
         if label is None:
             unknown[name] += 1
             continue
@@ -525,6 +567,7 @@ def geojson_to_labels(
             "on_unknown='skip' (--skip-unknown) to leave them out."
         )
     result.unknown = dict(unknown)
+    result.skipped_objects = dict(skipped)
     scale = (ch / H, cw / W)
     painted: Counter[str] = Counter()
     for label, name, geom in planned:

@@ -7,8 +7,9 @@ over the slide. Slide pixel (y, x) takes canvas pixel ``((y * ch) // H, (x * cw)
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -224,3 +225,49 @@ def latent_labels(source: MaskSource, latent_shape: tuple[int, int], scale_facto
     h, w = latent_shape
     s = scale_factor
     return source.region(0, h * s, 0, w * s, step=s)
+
+
+MaskFileKindName = Literal["geojson", "real slide", "label image"]
+
+
+@dataclass(frozen=True)
+class MaskFileKind:
+    """How a mask file is read: ``kind`` and, for the user, ``reason`` (why it was taken so)."""
+
+    kind: MaskFileKindName
+    reason: str
+
+
+def mask_file_kind(path: str | Path) -> MaskFileKind:
+    """Decide by content whether ``path`` is QuPath GeoJSON, a real slide, or a label image.
+
+    A real slide is a file OpenSlide opens whose vendor format is not the generic tiled TIFF
+    (Aperio SVS, NDPI, MRXS, ...), or a generic tiled TIFF whose pixels are colour (RGB /
+    YCbCr). A single-channel TIFF is a label image however it is laid out (tiled, pyramidal,
+    OME), so a label TIFF exported by this tool (``*.labels.tif``) reads back as labels.
+    """
+    path = Path(path)
+    if path.suffix.lower() in (".geojson", ".json"):
+        return MaskFileKind("geojson", "a GeoJSON file")
+    try:
+        import openslide
+
+        vendor = openslide.OpenSlide.detect_format(str(path))
+    except Exception:  # noqa: BLE001 - no OpenSlide, or a file it cannot even probe
+        vendor = None
+    if vendor is None:
+        return MaskFileKind("label image", "not a slide format OpenSlide reads")
+    if vendor != "generic-tiff":
+        return MaskFileKind("real slide", f"a {vendor} slide")
+    try:
+        import tifffile
+
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages.first
+            samples, photometric = int(page.samplesperpixel), int(page.photometric)
+    except Exception:  # noqa: BLE001 - OpenSlide reads it, tifffile does not: trust OpenSlide
+        return MaskFileKind("real slide", "a tiled TIFF OpenSlide reads")
+    colour = samples >= 3 and photometric in (2, 6)  # RGB, YCbCr
+    if colour:
+        return MaskFileKind("real slide", "a tiled colour (RGB) TIFF")
+    return MaskFileKind("label image", f"a single-channel TIFF ({samples} sample per pixel)")

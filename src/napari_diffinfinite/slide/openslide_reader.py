@@ -11,7 +11,10 @@ imported on first use so the rest of the engine works without it.
 
 from __future__ import annotations
 
+import math
 import os
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +32,16 @@ __all__ = [
 ]
 
 DEFAULT_CHUNK = 512
+
+OPENSLIDE_PIECE = 4096
+"""OpenSlide's ``openslide_read_region`` paints a region in pieces of 4096 x 4096 level pixels,
+each placed at level-0 position ``int(x + col * 4096 * downsample)``. A level whose downsample
+is not an integer (a real scanner's 4.0003) cannot be placed at an integer level-0 position
+for an arbitrary chunk: the chunk would land a fraction of a pixel off (resampled by cairo),
+and every chunk by a different fraction, leaving seams. Such levels are therefore read piece
+by piece exactly as one ``read_region`` of the whole level would read them."""
+
+_PIECE_CACHE = 4  # pieces kept per slide (each at most 4096 x 4096 x 3 bytes)
 
 
 def _openslide() -> Any:
@@ -118,6 +131,8 @@ class RealSlide:
     properties: dict[str, str]
     background: tuple[int, int, int] = (255, 255, 255)
     _handle: Any = field(default=None, repr=False)
+    _pieces: OrderedDict = field(default_factory=OrderedDict, repr=False)
+    _pieces_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -140,10 +155,46 @@ class RealSlide:
         if h == 0 or w == 0:
             return np.zeros((h, w, 3), np.uint8)
         ds = self.downsamples[level]
-        # OpenSlide places regions by level-0 coordinates; its own tilers truncate too.
-        location = (int(x0 * ds), int(y0 * ds))
-        rgba = np.asarray(self._handle.read_region(location, level, (w, h)))
-        return self._composite(rgba)
+        if float(ds).is_integer():
+            # Level pixel (y0, x0) is exactly level-0 pixel (y0 * ds, x0 * ds).
+            rgba = np.asarray(self._handle.read_region((int(x0 * ds), int(y0 * ds)), level, (w, h)))
+            return self._composite(rgba)
+        out = np.empty((h, w, 3), np.uint8)
+        p = OPENSLIDE_PIECE
+        for row in range(y0 // p, (y1 - 1) // p + 1):
+            for col in range(x0 // p, (x1 - 1) // p + 1):
+                py, px = row * p, col * p
+                ya, yb = max(y0, py), min(y1, py + p)
+                xa, xb = max(x0, px), min(x1, px + p)
+                piece = self._piece(level, row, col, yb - py, xb - px)
+                out[ya - y0 : yb - y0, xa - x0 : xb - x0] = piece[ya - py : yb - py, xa - px : xb - px]
+        return out
+
+    def _piece(self, level: int, row: int, col: int, h: int, w: int) -> np.ndarray:
+        """At least the top-left (h, w) of piece (row, col) of ``level``, as OpenSlide paints it.
+
+        The piece is read from its own origin (so its pixels are those of a whole-level read)
+        and kept in a small cache, since neighbouring chunks of a piece are read together.
+        """
+        key = (level, row, col)
+        with self._pieces_lock:
+            cached = self._pieces.get(key)
+            if cached is not None and cached.shape[0] >= h and cached.shape[1] >= w:
+                self._pieces.move_to_end(key)
+                return cached
+        ds = self.downsamples[level]
+        p = OPENSLIDE_PIECE
+        if cached is not None:  # read the larger extent once
+            h, w = max(h, cached.shape[0]), max(w, cached.shape[1])
+        # openslide.c: sx = x + col * d * ds, truncated to an integer, for a read from x = 0.
+        location = (math.trunc(col * p * ds), math.trunc(row * p * ds))
+        piece = self._composite(np.asarray(self._handle.read_region(location, level, (w, h))))
+        with self._pieces_lock:
+            self._pieces[key] = piece
+            self._pieces.move_to_end(key)
+            while len(self._pieces) > _PIECE_CACHE:
+                self._pieces.popitem(last=False)
+        return piece
 
     def _composite(self, rgba: np.ndarray) -> np.ndarray:
         rgb = rgba[..., :3]
@@ -174,6 +225,7 @@ class RealSlide:
         return levels
 
     def close(self) -> None:
+        self._pieces.clear()
         if self._handle is not None:
             self._handle.close()
             self._handle = None

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ExportError, StoreError
-from .constants import OME_DIR, PROVENANCE_KEY, SOFTWARE, STATE_DIR
+from .constants import LOCK_FILE, OME_DIR, PROVENANCE_KEY, SOFTWARE, STATE_DIR
 
 __all__ = [
     "zarr_root_attrs",
@@ -138,7 +138,7 @@ def _why_not_replaceable(p: Path, export: bool) -> str | None:
     if not p.exists():
         return None
     if p.is_dir():
-        if not any(p.iterdir()):
+        if _is_empty(p):
             return None
         return _why_not_ours_zarr(p, export)
     if not export:
@@ -146,6 +146,21 @@ def _why_not_replaceable(p: Path, export: bool) -> str | None:
     if not p.is_file():
         return "it is not a regular file"
     return _why_not_our_export_file(p)
+
+
+def _is_empty(p: Path) -> bool:
+    """True for an empty folder, or one holding only a store's writer lock (a store being created)."""
+    entries = list(p.iterdir())
+    if not entries:
+        return True
+    state = p / STATE_DIR
+    return (
+        entries == [state]
+        and state.is_dir()
+        and not state.is_symlink()
+        and [e.name for e in state.iterdir()] == [LOCK_FILE]
+        and not (state / LOCK_FILE).is_symlink()
+    )
 
 
 def _why_not_our_export_file(p: Path) -> str | None:
