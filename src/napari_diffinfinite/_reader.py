@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 PathLike = str | os.PathLike
 LayerData = tuple[Any, dict, str]
@@ -30,7 +31,7 @@ def _single_path(path: PathLike | list[PathLike]) -> Path | None:
     return Path(os.fspath(path)).expanduser()
 
 
-def _root_attributes(path: Path) -> dict[str, Any] | None:
+def root_attributes(path: Path) -> dict[str, Any] | None:
     """Root attributes of a zarr folder (format 2 or 3), without importing zarr."""
     for name in (".zattrs", "zarr.json"):
         meta = path / name
@@ -54,7 +55,7 @@ def is_slide_store(path: PathLike) -> bool:
     p = Path(path)
     if not p.is_dir():
         return False
-    attrs = _root_attributes(p)
+    attrs = root_attributes(p)
     if attrs is None:
         return False
     if isinstance(attrs.get(PROVENANCE_KEY), dict):
@@ -100,8 +101,9 @@ def napari_get_wsi_reader(path: PathLike | list[PathLike]) -> ReaderFunction | N
 
 
 def read_real_slide(path: PathLike | list[PathLike]) -> list[LayerData]:
-    """Layer data of a real slide: one lazy multiscale RGB layer, in level-0 pixels."""
+    """Layer data of a real slide: one lazy multiscale RGB layer, in µm when the file gives
+    its pixel size (as synthetic slides are), so both overlay at their true size."""
     from .slide.openslide_reader import real_slide_layer_data
 
     p = _single_path(path)
-    return [] if p is None else real_slide_layer_data(p)
+    return [] if p is None else real_slide_layer_data(p, physical_scale=True)

@@ -1,12 +1,15 @@
-"""Fixtures for the GUI tests (run them under a display: ``xvfb-run -a pytest -m gui``)."""
+"""Fixtures for the widget tests.
+
+GUI tests (``@pytest.mark.gui``; run them under a display: ``xvfb-run -a pytest -m gui``)
+skip themselves when napari or pytest-qt is missing (``pytest.importorskip`` at the top
+of their module); the pure tests here (geometry, throttling, messages, estimates, sample
+archive) run without napari.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-
-pytest.importorskip("napari")
-pytest.importorskip("pytestqt")
 
 NAMES = ["unknown", "tumour", "stroma"]
 COLORS = [(0, 0, 0), (230, 25, 75), (60, 180, 75)]
@@ -41,9 +44,7 @@ def small_store(tmp_path):
     from napari_diffinfinite.slide.store import SlideStore
 
     path = tmp_path / "small.zarr"
-    store = SlideStore.create(
-        path, (1024, 1024), class_names=NAMES, class_colors=COLORS, provenance={"seed": 3}
-    )
+    store = SlideStore.create(path, (1024, 1024), class_names=NAMES, class_colors=COLORS, provenance={"seed": 3})
     yy, xx = np.mgrid[0:512, 0:512]
     for y0 in (0, 512):
         for x0 in (0, 512):

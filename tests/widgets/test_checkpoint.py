@@ -6,8 +6,11 @@ import json
 
 import pytest
 
-from napari_diffinfinite.widgets._canvas import MaskCanvasWidget
-from napari_diffinfinite.widgets._checkpoint import CheckpointWidget, model_path
+pytest.importorskip("napari")
+pytest.importorskip("pytestqt")
+
+from napari_diffinfinite.widgets._canvas import MaskCanvasWidget  # noqa: E402
+from napari_diffinfinite.widgets._checkpoint import CheckpointWidget, model_path  # noqa: E402
 
 pytestmark = pytest.mark.gui
 

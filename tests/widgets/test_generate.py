@@ -8,9 +8,12 @@ import threading
 import numpy as np
 import pytest
 
-from napari_diffinfinite.widgets._canvas import MaskCanvasWidget
-from napari_diffinfinite.widgets._checkpoint import CheckpointWidget
-from napari_diffinfinite.widgets._generate import PREVIEW_NAME, GenerateWidget
+pytest.importorskip("napari")
+pytest.importorskip("pytestqt")
+
+from napari_diffinfinite.widgets._canvas import MaskCanvasWidget  # noqa: E402
+from napari_diffinfinite.widgets._checkpoint import CheckpointWidget  # noqa: E402
+from napari_diffinfinite.widgets._generate import PREVIEW_NAME, GenerateWidget  # noqa: E402
 
 pytestmark = pytest.mark.gui
 
@@ -45,7 +48,12 @@ def ready(viewer, qtbot, tmp_path, image_model_dir, mask_model_dir):
     generate.output.set_value(str(tmp_path / "slide.zarr"))
     generate.steps.setValue(2)
     generate.batch_size.setValue(1024)  # few large forward calls: fastest on a CPU
+    generate.ask = refuse_questions
     return generate, canvas
+
+
+def refuse_questions(title, text, answers):
+    raise AssertionError(f"unexpected question: {title}: {text}")
 
 
 def test_layout_from_the_mask_model(ready, qtbot):
@@ -57,7 +65,11 @@ def test_layout_from_the_mask_model(ready, qtbot):
     _wait(qtbot, canvas)
     layer = canvas.layer
     assert layer.data.dtype == np.uint8 and layer.data.shape[0] < 512
-    np.testing.assert_allclose(np.asarray(layer.scale) * layer.data.shape, (512, 512))
+    px = canvas.state.pixel_size_um
+    assert px == 0.5  # the tiny model's pixel size: the canvas is placed in µm
+    np.testing.assert_allclose(np.asarray(layer.scale) * layer.data.shape, (512 * px, 512 * px))
+    # the description says what the canvas is now, not what it was before sampling
+    assert f"{layer.data.shape[1]:,} × {layer.data.shape[0]:,} px" in canvas.canvas_info.text()
     assert canvas.state.mask_source().shape == (512, 512)
     assert int(layer.data.max()) < len(canvas.state.class_names)
 
@@ -85,6 +97,11 @@ def test_generate_streams_a_multiscale_slide(ready, qtbot, viewer, tmp_path):
     image = viewer.layers["slide"]
     assert image.multiscale and image.rgb
     assert [tuple(level.shape) for level in image.data] == [(h, w, 3) for h, w in level_shapes(SIZE)]
+    # slide, its labels and the canvas all in µm: they overlay exactly
+    for layer in (image, viewer.layers["slide labels"]):
+        np.testing.assert_allclose(layer.scale, (0.5, 0.5))
+    canvas_layer = generate.state.canvas_layer
+    np.testing.assert_allclose(canvas_layer.data_to_world((0, 0)), image.data_to_world((7.5, 7.5)))
     assert PREVIEW_NAME not in viewer.layers  # the preview stood in while sampling
     assert image.thumbnail[..., :3].max() > 0  # the layer list shows the slide, not black
     assert {"sample", "decode"} <= set(seen) and seen.index("sample") < seen.index("decode")
@@ -103,7 +120,6 @@ def test_generate_streams_a_multiscale_slide(ready, qtbot, viewer, tmp_path):
 def test_cancel_then_resume_finishes_the_same_slide(ready, qtbot, viewer, tmp_path, monkeypatch):
     from napari_diffinfinite import engine
     from napari_diffinfinite.slide.store import SlideStore
-
     from napari_diffinfinite.widgets._threading import ProgressRelay
 
     generate, _ = ready
@@ -145,3 +161,110 @@ def test_cancel_then_resume_finishes_the_same_slide(ready, qtbot, viewer, tmp_pa
     np.testing.assert_array_equal(resumed.image_level(0)[:], reference.image_level(0)[:])
     image = viewer.layers["slide"]
     np.testing.assert_array_equal(np.asarray(image.data[1][:, :]), np.moveaxis(reference.image_level(1)[:], 0, -1))
+
+
+@pytest.mark.slow
+def test_ten_small_slides_in_a_row_all_end_done(ready, qtbot, viewer, tmp_path, notifications):
+    """Driven without napari.run(): every generation ends "Done", its progress events are
+    applied in order and once, and nothing shows an error (the old activity-bar race left
+    "Decoding tiles 75%" and a traceback toast behind)."""
+    from napari.utils.notifications import NotificationSeverity, notification_manager
+
+    generate, canvas = ready
+    canvas.set_slide_shape(256, 256)
+    canvas.downsample.setCurrentIndex(canvas.downsample.findData(8))
+    canvas.create_canvas(fill=1)
+    generate.steps.setValue(1)
+    before = len(notification_manager.records)
+    applied: list[list[tuple[str, int]]] = []
+    original = generate.progress.update
+
+    def record(event):
+        shown = original(event)
+        if shown:
+            applied[-1].append((event.stage, event.done))
+        return shown
+
+    generate.progress.update = record
+    for k in range(10):
+        applied.append([])
+        generate.output.set_value(str(tmp_path / f"slide-{k}.zarr"))
+        assert generate.generate() is not None
+        _wait(qtbot, generate)
+        qtbot.wait(20)  # let any straggling queued event arrive
+        assert generate.status.text().startswith("Done"), (k, generate.status.text())
+        assert not generate.progress.active and generate.progress_bar.value() == 0
+        stages = [stage for stage, _ in applied[-1]]
+        assert "sample" in stages and "decode" in stages
+        order = {"pyramid": 0, "sample": 1, "decode": 2}
+        assert [order[s] for s in stages] == sorted(order[s] for s in stages), stages
+        for stage in set(stages):
+            done = [d for s, d in applied[-1] if s == stage]
+            assert done == sorted(done), (stage, done)
+    errors = [n for n in notification_manager.records[before:] if n.severity >= NotificationSeverity.WARNING]
+    assert not errors, [str(n.message) for n in errors]
+    assert not [n for n in notifications if n[0] == "error"], notifications
+
+
+def test_existing_output_path_asks_and_does_not_fail(ready, qtbot, tmp_path, notifications):
+    from napari_diffinfinite.slide.store import SlideStore
+
+    generate, canvas = ready
+    canvas.set_slide_shape(256, 256)
+    canvas.create_canvas(fill=1)
+    generate.steps.setValue(1)
+    out = tmp_path / "slide.zarr"
+    out.mkdir()  # a remembered path from an earlier session, say
+    asked = []
+
+    def answer(title, text, answers):
+        asked.append((title, text, list(answers)))
+        return answers[0]
+
+    generate.ask = answer
+    assert generate.generate() is not None
+    _wait(qtbot, generate)
+    title, text, answers = asked[-1]
+    assert "already exists" in text and answers == ["Save as slide-2.zarr", "Overwrite", "Cancel"]
+    assert generate.status.text().startswith("Done"), generate.status.text()
+    assert SlideStore.open(tmp_path / "slide-2.zarr").provenance["complete"] is True
+    assert generate.output.value() == str(tmp_path / "slide-2.zarr")  # the form shows the new name
+
+    generate.ask = lambda title, text, answers: "Overwrite"
+    assert generate.generate() is not None
+    _wait(qtbot, generate)
+    assert generate.status.text().startswith("Done"), generate.status.text()
+    generate.ask = lambda title, text, answers: "Cancel"
+    assert generate.generate() is None and generate.worker is None
+    assert not [n for n in notifications if n[0] == "error"], notifications
+
+
+def test_estimate_shown_and_long_jobs_need_confirmation(ready, qtbot):
+    from napari_diffinfinite.widgets._estimate import Calibration
+
+    generate, canvas = ready
+    qtbot.waitUntil(lambda: generate.calibration is not None, timeout=TIMEOUT_MS)
+    assert generate.estimate.text().startswith("Estimated time: about"), generate.estimate.text()
+    assert "1,024 × 1,024 px in 2 steps" in generate.estimate.text()
+    # a slow device: the default 16384 x 16384 px slide would take hours
+    generate.calibration = Calibration(seconds_per_patch=0.05, seconds_per_tile=1.0, patch=32, scale_factor=4,
+                                       device="cpu")  # fmt: skip
+    canvas.set_slide_shape(16384, 16384)
+    canvas.create_canvas(fill=1)
+    generate.steps.setValue(25)
+    assert " h on cpu" in generate.estimate.text()
+    asked = []
+    generate.ask = lambda title, text, answers: asked.append(text) or "Cancel"
+    assert generate.generate() is None and generate.worker is None
+    assert asked and "Start it anyway?" in asked[0]
+
+
+def test_too_small_a_slide_says_why(ready, notifications):
+    _, canvas = ready
+    canvas.set_slide_shape(100, 40)
+    assert canvas.size_problem() is not None and "at least 128 px" in canvas.size_problem()
+    assert not canvas.create_button.isEnabled()
+    assert "too small" in canvas.canvas_info.text()
+    assert canvas.create_canvas() is None
+    canvas.set_slide_shape(128, 4096)
+    assert canvas.size_problem() is None and canvas.create_button.isEnabled()

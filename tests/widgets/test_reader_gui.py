@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-import napari
 import numpy as np
 import pytest
+
+napari = pytest.importorskip("napari")
+pytest.importorskip("pytestqt")
 
 pytestmark = pytest.mark.gui
 
@@ -21,8 +23,9 @@ def test_open_store_with_napari(viewer, small_store):
     from napari_diffinfinite.slide.store import SlideStore
 
     level1 = SlideStore.open(small_store).image_level(1)
-    np.testing.assert_array_equal(np.asarray(image.data[1][10:20, 300:310]),
-                                  np.moveaxis(level1[:, 10:20, 300:310], 0, -1))
+    np.testing.assert_array_equal(
+        np.asarray(image.data[1][10:20, 300:310]), np.moveaxis(level1[:, 10:20, 300:310], 0, -1)
+    )
 
 
 def test_open_store_written_by_the_cli(viewer, tmp_path, tiny_image_model_dir):
@@ -44,9 +47,8 @@ def test_drag_and_drop_with_the_remembered_reader(make_napari_viewer, small_stor
     """napari asks which reader to use for a .zarr folder (its builtin reader also claims
     *.zarr but cannot read a slide store); with DiffInfinite preferred for "*.zarr/"
     (Preferences > Plugins), dropping the folder opens it with ours, no question asked."""
-    from napari.settings import get_settings
-
     import napari._qt.qt_viewer as qt_viewer_module
+    from napari.settings import get_settings
 
     def no_dialog(*args, **kwargs):  # the reader dialog would block the test
         raise AssertionError("napari asked which reader to use")

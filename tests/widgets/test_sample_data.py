@@ -1,13 +1,13 @@
-"""File > Open Sample: the sample command generates a small slide (cached) and opens it."""
+"""File > Open Sample: the shipped sample slide opens at once, in micrometres."""
 
 from __future__ import annotations
+
+import time
 
 import numpy as np
 import pytest
 
 from napari_diffinfinite import _sample_data
-
-pytestmark = pytest.mark.gui
 
 
 def test_ring_layout_uses_every_class():
@@ -17,25 +17,37 @@ def test_ring_layout_uses_every_class():
     assert set(np.unique(_sample_data.ring_layout(2))) == {1}
 
 
-def test_open_sample_generates_once(make_napari_viewer, tmp_path, monkeypatch, tiny_image_model_dir):
-    """The sample, with the tiny model standing in for the demo model (for speed)."""
-    from napari_diffinfinite import engine
+def test_shipped_sample_is_small_and_made_by_the_demo_models(tmp_path, monkeypatch):
+    from napari_diffinfinite.slide.store import SlideStore
 
     monkeypatch.setenv("NAPARI_DIFFINFINITE_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(_sample_data, "SAMPLE_SIZE", 256)
-    monkeypatch.setattr(_sample_data, "SAMPLE_STEPS", 1)
-    load = engine.load_image_model
-    monkeypatch.setattr(engine, "load_image_model", lambda path=None, **kw: load(tiny_image_model_dir, **kw))
-    calls = []
-    generate = engine.generate_slide
-    monkeypatch.setattr(engine, "generate_slide", lambda *a, **kw: calls.append(a) or generate(*a, **kw))
+    assert _sample_data.SAMPLE_ARCHIVE.stat().st_size < 400_000
+    path = _sample_data.unpack_sample()
+    store = SlideStore.open(path, mode="r")
+    assert store.shape == (_sample_data.SAMPLE_SIZE, _sample_data.SAMPLE_SIZE)
+    record = store.provenance
+    assert record["complete"] is True and record["synthetic"] is True
+    assert "demo" in record["image_model"]["source"]
+    assert record["pixel_size_um"] and store.class_names[0] == "unknown"
+    labels = np.asarray(store.label_level(0)[:])
+    assert len(np.unique(labels)) >= 2  # a sampled layout, not one class
+    assert _sample_data.unpack_sample() == path  # unpacked once
 
+
+@pytest.mark.gui
+def test_open_sample_is_instant(make_napari_viewer, tmp_path, monkeypatch):
+    pytest.importorskip("napari")
+    pytest.importorskip("pytestqt")
+    monkeypatch.setenv("NAPARI_DIFFINFINITE_CACHE", str(tmp_path / "cache"))
     viewer = make_napari_viewer()
+    started = time.perf_counter()
     layers = viewer.open_sample("napari-diffinfinite", "synthetic_slide")
-    image = layers[0]
-    assert image.name == "DiffInfinite sample" and image.rgb
-    assert tuple(image.data.shape if not image.multiscale else image.data[0].shape) == (256, 256, 3)
+    elapsed = time.perf_counter() - started
+    assert elapsed < 5.0, f"File > Open Sample took {elapsed:.1f} s"
+    image, labels = layers
+    assert image.name == _sample_data.SAMPLE_NAME and image.rgb
     assert image.metadata["provenance"]["complete"] is True
-    assert len(calls) == 1
-    viewer.open_sample("napari-diffinfinite", "synthetic_slide")  # cached: no new generation
-    assert len(calls) == 1
+    px = image.metadata["pixel_size_um"]
+    np.testing.assert_allclose(image.scale, (px, px))
+    np.testing.assert_allclose(labels.scale, (px, px))
+    assert str(image.units[0]) in ("micrometer", "um", "µm")

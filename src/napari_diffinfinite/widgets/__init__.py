@@ -2,6 +2,8 @@
 
 One module per widget plus one shared state object per viewer (:mod:`._state`):
 
+- :class:`DiffInfinitePanel` holds the four steps below as tabs of one dock;
+
 - :class:`CheckpointWidget` loads the image model, the mask model and the VAE;
 - :class:`MaskCanvasWidget` creates and fills the paintable label canvas over the slide;
 - :class:`GenerateWidget` runs the engine with progress, preview, Cancel and Resume;
@@ -15,9 +17,10 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["CheckpointWidget", "MaskCanvasWidget", "GenerateWidget", "ExportWidget"]
+__all__ = ["DiffInfinitePanel", "CheckpointWidget", "MaskCanvasWidget", "GenerateWidget", "ExportWidget"]
 
 _MODULES = {
+    "DiffInfinitePanel": "._panel",
     "CheckpointWidget": "._checkpoint",
     "MaskCanvasWidget": "._canvas",
     "GenerateWidget": "._generate",

@@ -23,6 +23,7 @@ from qtpy.QtWidgets import (
     QLabel,
     QListWidget,
     QListWidgetItem,
+    QProgressBar,
     QPushButton,
     QSpinBox,
     QVBoxLayout,
@@ -30,6 +31,7 @@ from qtpy.QtWidgets import (
 )
 
 from ._common import hbox, swatch_icon
+from ._geometry import auto_downsample, canvas_shape, canvas_transform, describe_length, world_units
 from ._layers import label_colormap, label_features
 from ._settings import recall, remember
 from ._state import get_state
@@ -41,35 +43,13 @@ if TYPE_CHECKING:
 
     from ..progress import ProgressEvent
 
-#: the auto downsample keeps the canvas's longer side at or below this many pixels
-MAX_CANVAS_SIDE = 2048
 CANVAS_NAME = "DiffInfinite mask"
 LABEL_IMAGE_FILTER = "Label images (*.png *.tif *.tiff *.bmp *.gif);;All files (*)"
-
-
-def auto_downsample(shape: tuple[int, int], max_side: int = MAX_CANVAS_SIDE) -> int:
-    """The smallest power of two that brings the slide's longer side to ``max_side`` or less."""
-    factor = 1
-    while max(shape) / factor > max_side:
-        factor *= 2
-    return factor
-
-
-def canvas_shape(shape: tuple[int, int], factor: int) -> tuple[int, int]:
-    """Canvas size for a slide of ``shape`` at ``factor`` (ceil, at least 1 x 1)."""
-    return tuple(max(1, -(-int(s) // int(factor))) for s in shape)  # type: ignore[return-value]
-
-
-def canvas_transform(slide: tuple[int, int], canvas: tuple[int, int]) -> tuple[tuple, tuple]:
-    """``scale`` and ``translate`` that lay a canvas exactly over the slide.
-
-    Canvas pixel j covers slide pixels [j*s, (j+1)*s) with s = slide / canvas (the same
-    nearest-neighbour rule the engine's :class:`CanvasMask` uses); napari places pixel
-    centres, hence the (s - 1) / 2 shift.
-    """
-    scale = tuple(float(S) / float(c) for S, c in zip(slide, canvas))
-    translate = tuple((s - 1.0) / 2.0 for s in scale)
-    return scale, translate
+#: the size boxes accept any value up to this; :meth:`MaskCanvasWidget.size_problem` says
+#: why a value is refused instead of the box silently reverting it
+MAX_SIDE = 10_000_000
+#: the smallest slide side when no image model is loaded yet (the engine needs one patch)
+DEFAULT_MIN_SIDE = 64
 
 
 class MaskCanvasWidget(QWidget):
@@ -88,8 +68,9 @@ class MaskCanvasWidget(QWidget):
         self.downsample = QComboBox()
         self.downsample.addItem("auto", 0)
         for k in range(0, 8):
-            self.downsample.addItem(f"{2 ** k}", 2**k)
+            self.downsample.addItem(f"{2**k}", 2**k)
         self.canvas_info = QLabel()
+        self.canvas_info.setWordWrap(True)
         self.create_button = QPushButton("Create canvas")
         self.create_button.setToolTip("Add (or reset) the paintable label canvas over the slide")
         self.create_button.clicked.connect(lambda: self.create_canvas())
@@ -124,7 +105,8 @@ class MaskCanvasWidget(QWidget):
         self.cancel_button.clicked.connect(self.cancel)
         self.status = QLabel()
         self.status.setWordWrap(True)
-        self.progress = StageProgress("Mask layout")
+        self.progress_bar = QProgressBar()
+        self.progress = StageProgress(self.progress_bar)
 
         size_group = QGroupBox("Slide")
         size_form = QFormLayout(size_group)
@@ -151,17 +133,21 @@ class MaskCanvasWidget(QWidget):
         layout.addWidget(size_group)
         layout.addWidget(classes_group)
         layout.addWidget(sample_group)
+        layout.addWidget(self.progress_bar)
         layout.addWidget(self.status)
         layout.addStretch(1)
 
         self.state.models_changed.connect(self._on_models_changed)
+        self.state.models_changed.connect(self._update_canvas_info)
+        self.state.canvas_changed.connect(self._update_canvas_info)
         self._on_models_changed()
         self._update_canvas_info()
+        self._update_status()
 
     @staticmethod
     def _size_box(value: int) -> QSpinBox:
         box = QSpinBox()
-        box.setRange(64, 1 << 20)
+        box.setRange(1, MAX_SIDE)
         box.setSingleStep(512)
         box.setGroupSeparatorShown(True)
         box.setValue(value)
@@ -179,18 +165,57 @@ class MaskCanvasWidget(QWidget):
         chosen = int(self.downsample.currentData() or 0)
         return chosen or auto_downsample(self.slide_shape())
 
-    def _update_canvas_info(self) -> None:
-        ch, cw = canvas_shape(self.slide_shape(), self.factor())
-        k = self.factor()
-        self.canvas_info.setText(f"canvas {ch:,} × {cw:,} px; 1 canvas px = {k} × {k} slide px")
+    def min_side(self) -> int:
+        """The smallest slide side the loaded image model can generate: one patch."""
+        return int((self.state.image_info or {}).get("patch_size") or DEFAULT_MIN_SIDE)
+
+    def size_problem(self) -> str | None:
+        """Why the slide size in the boxes cannot be used, or None when it can."""
+        side = self.min_side()
+        h, w = self.slide_shape()
+        if min(h, w) < side:
+            return (f"A {w:,} × {h:,} px slide is too small: the model generates patches of {side} px, "
+                    f"so each side must be at least {side} px.")  # fmt: skip
+        return None
+
+    def _update_canvas_info(self, *args: Any) -> None:
+        """Describe the canvas as it is (when it matches the size boxes) or as it will be."""
+        problem = self.size_problem()
+        self.create_button.setEnabled(problem is None and self.worker is None)
+        self.create_button.setToolTip(problem or "Add (or reset) the paintable label canvas over the slide")
+        if problem is not None:
+            self.canvas_info.setText(f"<span style='color:#e8a33d'>{problem}</span>")
+            return
+        px = self.state.pixel_size_um
+        h, w = self.slide_shape()
+        layer = self.layer
+        if layer is not None and self.state.slide_shape == (h, w):
+            ch, cw = layer.data.shape
+            where = "current canvas"
+        else:
+            ch, cw = canvas_shape((h, w), self.factor())
+            where = "Create canvas makes"
+        ky, kx = h / ch, w / cw
+        per = f"{ky:.3g} × {kx:.3g}" if abs(ky - kx) > 1e-9 else f"{ky:.3g} × {ky:.3g}"
+        self.canvas_info.setText(
+            f"Slide {describe_length(w, px)} × {describe_length(h, px)}; {where} {cw:,} × {ch:,} px "
+            f"(1 canvas px = {per} slide px)."
+        )
 
     # -- canvas -----------------------------------------------------------------------
     @property
     def layer(self) -> Labels | None:
         return self.state.canvas_layer
 
-    def create_canvas(self, fill: int = 0) -> Labels:
-        """Add (or reset) the canvas layer for the current slide size, filled with ``fill``."""
+    def create_canvas(self, fill: int = 0) -> Labels | None:
+        """Add (or reset) the canvas layer for the current slide size, filled with ``fill``.
+
+        Returns None (and says why) when the size boxes hold a size the model cannot use.
+        """
+        problem = self.size_problem()
+        if problem is not None:
+            show_warning(problem)
+            return None
         shape = self.slide_shape()
         remember("canvas/height", str(shape[0]))
         remember("canvas/width", str(shape[1]))
@@ -201,24 +226,31 @@ class MaskCanvasWidget(QWidget):
 
     def _set_canvas(self, canvas: np.ndarray, shape: tuple[int, int]) -> Labels:
         """Show ``canvas`` as the mask over a slide of ``shape`` (reusing the layer)."""
-        scale, translate = canvas_transform(shape, canvas.shape)
+        scale, translate = canvas_transform(shape, canvas.shape, self.state.pixel_size_um)
         layer = self.layer
         self.state.slide_shape = (int(shape[0]), int(shape[1]))
         if layer is None:
             layer = self.viewer.add_labels(
                 canvas, name=CANVAS_NAME, scale=scale, translate=translate, opacity=0.5,
                 colormap=label_colormap(self.state.class_colors),
+                units=world_units(self.state.pixel_size_um),
             )  # fmt: skip
             self._style_layer(layer)
             layer.events.selected_label.connect(self._sync_legend)
         else:
             layer.data = canvas
-            layer.scale = scale
-            layer.translate = translate
+            self._place(layer, scale, translate)
         layer.metadata["slide_shape"] = self.state.slide_shape
         self.state.canvas_layer = layer  # emits canvas_changed
         self._update_status()
         return layer
+
+    def _place(self, layer: Labels, scale: tuple, translate: tuple) -> None:
+        units = world_units(self.state.pixel_size_um)
+        if units is not None:
+            layer.units = units
+        layer.scale = scale
+        layer.translate = translate
 
     def _style_layer(self, layer: Labels) -> None:
         layer.colormap = label_colormap(self.state.class_colors)
@@ -237,6 +269,7 @@ class MaskCanvasWidget(QWidget):
         layer.data[...] = label
         layer.refresh()
         self._update_status()
+        self._update_canvas_info()
 
     def set_canvas(self, canvas: np.ndarray) -> Labels:
         """Use ``canvas`` (any size) as the mask, stretched over the current slide size."""
@@ -249,7 +282,7 @@ class MaskCanvasWidget(QWidget):
             return
         h, w = self.state.slide_shape or self.slide_shape()
         ch, cw = layer.data.shape
-        self.status.setText(f"Canvas {ch:,} × {cw:,} over a {h:,} × {w:,} px slide.")
+        self.status.setText(f"Canvas {cw:,} × {ch:,} px over a {w:,} × {h:,} px slide.")
 
     # -- legend -----------------------------------------------------------------------
     def _on_models_changed(self) -> None:
@@ -265,6 +298,10 @@ class MaskCanvasWidget(QWidget):
         if layer is not None:
             self._style_layer(layer)
             self._sync_legend()
+            if self.state.slide_shape is not None:  # the new model may have another pixel size
+                self._place(
+                    layer, *canvas_transform(self.state.slide_shape, layer.data.shape, self.state.pixel_size_um)
+                )
         elif names:
             self.legend.setCurrentRow(min(1, len(names) - 1))
         self.condition.clear()
@@ -361,8 +398,8 @@ class MaskCanvasWidget(QWidget):
             self.status.setText("Cancelling…")
 
     def _on_progress(self, event: ProgressEvent) -> None:
-        self.progress.update(event)
-        self.status.setText(f"Sampling the layout: {event.message or f'{event.done}/{event.total}'}")
+        if self.progress.update(event):
+            self.status.setText(f"Sampling the layout: {event.message or f'{event.done}/{event.total}'}")
 
     def _on_canvas_ready(self, canvas: np.ndarray) -> None:
         from ..slide.masks import validate_labels
@@ -396,8 +433,9 @@ class MaskCanvasWidget(QWidget):
             self._relay.deleteLater()
             self._relay = None
         self.progress.close()
-        for button in (self.import_button, self.create_button, self.fill_button):
+        for button in (self.import_button, self.fill_button):
             button.setEnabled(True)
         self.sample_button.setEnabled(self.state.mask_model is not None)
         self.cancel_button.setEnabled(False)
         self._update_status()
+        self._update_canvas_info()

@@ -34,6 +34,8 @@ if TYPE_CHECKING:
 
 MODEL_FILTER = "DiffInfinite models (*.pt *.pth *.ckpt config.json *.safetensors);;All files (*)"
 PRECISIONS = ("float32", "float16", "bfloat16")
+#: the class table shows this many rows before it scrolls
+TABLE_ROWS = 10
 
 
 def model_path(text: str) -> str | None:
@@ -153,7 +155,7 @@ class CheckpointWidget(QWidget):
         self.class_table.verticalHeader().setVisible(False)
         self.class_table.horizontalHeader().setStretchLastSection(True)
         self.class_table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
-        self.class_table.setMaximumHeight(180)
+        self._fit_class_table()
 
         form = QFormLayout()
         form.addRow("Image model", self.image_path)
@@ -236,6 +238,17 @@ class CheckpointWidget(QWidget):
             self.class_table.setItem(row, 0, label)
             self.class_table.setItem(row, 1, QTableWidgetItem(str(name)))
         self.class_table.resizeColumnToContents(0)
+        self._fit_class_table()
+
+    def _fit_class_table(self) -> None:
+        """Make the class table exactly as tall as its rows (up to :data:`TABLE_ROWS`), so a
+        short dock scrolls instead of squeezing the table to one row."""
+        table = self.class_table
+        rows = min(max(table.rowCount(), 1), TABLE_ROWS)
+        row_height = table.verticalHeader().defaultSectionSize()
+        height = table.horizontalHeader().sizeHint().height() + rows * row_height + 2 * table.frameWidth()
+        table.setMinimumHeight(height)
+        table.setMaximumHeight(height)
 
     def shown_class_names(self) -> list[str]:
         """The class names listed in the table (what the user sees)."""

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Sequence
 
 from qtpy.QtCore import Qt
 from qtpy.QtGui import QColor, QIcon, QPixmap
@@ -11,11 +11,55 @@ from qtpy.QtWidgets import (
     QFileDialog,
     QHBoxLayout,
     QLineEdit,
+    QMessageBox,
     QPushButton,
     QWidget,
 )
 
+from ._messages import fresh_path
 from ._settings import recall, remember
+
+#: ask(title, text, answers) -> the chosen answer, or "" when the dialog was closed
+Ask = Callable[[str, str, Sequence[str]], str]
+
+
+def ask_user(title: str, text: str, answers: Sequence[str]) -> str:
+    """A modal question with one button per answer; the last answer is the Escape choice."""
+    box = QMessageBox()
+    box.setWindowTitle(title)
+    box.setText(text)
+    box.setIcon(QMessageBox.Icon.Question)
+    buttons = {}
+    for k, answer in enumerate(answers):
+        role = QMessageBox.ButtonRole.RejectRole if k == len(answers) - 1 else QMessageBox.ButtonRole.AcceptRole
+        buttons[box.addButton(answer, role)] = answer
+    if answers:
+        box.setDefaultButton(next(iter(buttons)))
+    box.exec()
+    return buttons.get(box.clickedButton(), "")
+
+
+class ExistingPathQuestion:
+    """What to do with an output path that already exists: overwrite it, or use a fresh name."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.fresh = fresh_path(self.path)
+
+    def ask(self, ask: Ask, what: str) -> Path | None:
+        """``self.path`` to overwrite, ``self.fresh`` for a new name, None to cancel."""
+        rename = f"Save as {self.fresh.name}"
+        answer = ask(
+            f"{self.path.name} exists",
+            f"The {what} {self.path} already exists. Overwrite it (its contents are replaced), "
+            f"or save as {self.fresh.name} next to it?",
+            [rename, "Overwrite", "Cancel"],
+        )
+        if answer == "Overwrite":
+            return self.path
+        if answer == rename:
+            return self.fresh
+        return None
 
 
 def swatch_icon(rgb: Sequence[int], size: int = 14) -> QIcon:
@@ -102,9 +146,7 @@ class PathEdit(QWidget):
                 self, self.caption, self.value() or self._start_dir(), self.file_filter
             )
         else:
-            chosen, _ = QFileDialog.getOpenFileName(
-                self, self.caption, self._start_dir(), self.file_filter
-            )
+            chosen, _ = QFileDialog.getOpenFileName(self, self.caption, self._start_dir(), self.file_filter)
         if chosen:
             self.set_value(chosen)
 

@@ -2,7 +2,8 @@
 
 Formats come from :func:`napari_diffinfinite.slide.export.export_slide`: OME-Zarr with its
 labels, pyramidal OME-TIFF, OpenSlide-compatible TIFF, GeoJSON labels for QuPath. The export
-runs in a worker thread with a progress bar and a Cancel button.
+runs in a worker thread with a progress bar and a Cancel button. An output path that
+already exists (a remembered one, say) asks whether to overwrite it or to use a fresh name.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import numpy as np
 from napari.layers import Image
 from napari.utils.notifications import show_info, show_warning
 from qtpy.QtWidgets import (
-    QCheckBox,
     QComboBox,
     QFormLayout,
     QLabel,
@@ -24,7 +24,9 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ._common import PathEdit, hbox
+from ._common import ExistingPathQuestion, PathEdit, ask_user, hbox
+from ._geometry import region_from_corners
+from ._messages import gui_message
 from ._state import get_state, unwrap
 from ._threading import ProgressRelay, StageProgress, notify_error, start_worker
 
@@ -44,24 +46,7 @@ FORMATS: dict[str, tuple[str, str]] = {
 }
 
 
-def region_from_corners(
-    corners: np.ndarray, slide_shape: tuple[int, int]
-) -> tuple[int, int, int, int]:
-    """(x, y, w, h) of slide pixels covered by the box of ``corners`` ((n, 2) y, x).
-
-    A corner at coordinate v stands between pixels floor(v + 0.5) - 1 and floor(v + 0.5),
-    so a rectangle from (10, 20) to (60, 90) covers rows 10..59 and columns 20..89. The box
-    is clipped to the slide; an empty result raises ValueError.
-    """
-    corners = np.asarray(corners, dtype=float)[:, -2:]
-    lo = np.floor(corners.min(axis=0) + 0.5).astype(int)
-    hi = np.floor(corners.max(axis=0) + 0.5).astype(int)
-    h, w = slide_shape
-    y0, x0 = max(int(lo[0]), 0), max(int(lo[1]), 0)
-    y1, x1 = min(int(hi[0]), h), min(int(hi[1]), w)
-    if y1 <= y0 or x1 <= x0:
-        raise ValueError("the rectangle does not cover any pixel of the slide")
-    return (x0, y0, x1 - x0, y1 - y0)
+__all__ = ["ExportWidget", "FORMATS", "REGION_LAYER", "region_from_corners"]
 
 
 class ExportWidget(QWidget):
@@ -75,6 +60,8 @@ class ExportWidget(QWidget):
         self.cancel_token: Any = None
         self._watched: Any = None
         self.last_result: Any = None
+        #: asks the user a question; returns the chosen answer (tests replace it)
+        self.ask = ask_user
         self._relay: ProgressRelay | None = None
 
         self.source = QComboBox()
@@ -94,14 +81,13 @@ class ExportWidget(QWidget):
         self.output = PathEdit(
             "export/output", mode="save", caption="Export to", placeholder="next to the slide",
         )  # fmt: skip
-        self.overwrite = QCheckBox("overwrite")
         self.export_button = QPushButton("Export")
         self.export_button.clicked.connect(lambda: self.export())
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
         self.cancel_button.clicked.connect(self.cancel)
         self.progress_bar = QProgressBar()
-        self.progress = StageProgress("Export", self.progress_bar)
+        self.progress = StageProgress(self.progress_bar)
         self.status = QLabel()
         self.status.setWordWrap(True)
 
@@ -111,7 +97,6 @@ class ExportWidget(QWidget):
         form.addRow("", hbox(self.draw_button, self.region_text, stretch_last=True))
         form.addRow("Format", self.format)
         form.addRow("Output", self.output)
-        form.addRow("", self.overwrite)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
         layout.addWidget(hbox(self.export_button, self.cancel_button))
@@ -272,6 +257,16 @@ class ExportWidget(QWidget):
             notify_error(exc, "Export")
             return None
         out = self.output_path()
+        overwrite = False
+        if out.exists():
+            choice = ExistingPathQuestion(out).ask(self.ask, "export")
+            if choice is None:
+                return None
+            overwrite = choice == out
+            if not overwrite:
+                out = choice
+                if self.output.path() is not None:
+                    self.output.set_value(str(out))
         self.cancel_token = CancelToken()
         relay = self._relay = ProgressRelay(self)
         relay.reported.connect(self._on_progress)
@@ -281,7 +276,7 @@ class ExportWidget(QWidget):
         self.status.setText(f"Exporting to {out}…")
         self.worker = start_worker(
             export_slide, src, out, self.fmt(), region,
-            overwrite=self.overwrite.isChecked(), progress=relay, cancel=self.cancel_token,
+            overwrite=overwrite, progress=relay, cancel=self.cancel_token,
             on_result=self._on_done, on_error=self._on_error, on_finished=self._on_finished,
         )  # fmt: skip
         return self.worker
@@ -302,7 +297,7 @@ class ExportWidget(QWidget):
             show_warning(str(warning))
 
     def _on_error(self, exc: BaseException) -> None:
-        self.status.setText(f"Export stopped: {exc}")
+        self.status.setText(f"Export stopped: {gui_message(exc)}")
         notify_error(exc, "Export")
 
     def _on_finished(self) -> None:
@@ -314,5 +309,3 @@ class ExportWidget(QWidget):
         self.progress.close()
         self.export_button.setEnabled(True)
         self.cancel_button.setEnabled(False)
-
-

@@ -6,6 +6,11 @@ within one batch and leaves the store resumable, and Resume continues it. While 
 the engine's low-resolution x0 preview is shown over the slide; once decoding starts, the
 store's RGB pyramid and labels pyramid are added as lazy multiscale layers that refresh as
 tiles land (see :mod:`._layers` for why no dask cache sits in between).
+
+Next to the button, an estimate of the job's duration (:mod:`._estimate`, from a quick
+calibration after the models load); a job over ten minutes asks for confirmation first. An
+output path that already exists asks whether to overwrite it or to use a fresh name.
+Questions go through :attr:`GenerateWidget.ask`, which tests replace.
 """
 
 from __future__ import annotations
@@ -19,7 +24,6 @@ from napari.layers import Image
 from napari.utils.notifications import show_info, show_warning
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
-    QCheckBox,
     QDoubleSpinBox,
     QFormLayout,
     QLabel,
@@ -31,9 +35,11 @@ from qtpy.QtWidgets import (
 )
 
 from ..progress import Cancelled
-from ._canvas import canvas_transform
-from ._common import PathEdit, hbox
+from ._common import ExistingPathQuestion, PathEdit, ask_user, hbox
+from ._estimate import CONFIRM_ABOVE_S, Calibration, calibrate, describe_duration, estimate_seconds
+from ._geometry import canvas_transform, world_units
 from ._layers import refresh_rgb_thumbnail, slide_layer_data
+from ._messages import gui_message
 from ._state import get_state
 from ._threading import ProgressRelay, StageProgress, notify_error, start_worker
 
@@ -45,7 +51,7 @@ if TYPE_CHECKING:
 
 PREVIEW_NAME = "DiffInfinite preview"
 #: at most this often (seconds) are the streamed layers re-read while tiles land
-REFRESH_INTERVAL = 0.25
+REFRESH_INTERVAL = 1.0
 
 
 def run_generation(out: str, size: tuple[int, int], **kwargs: Any) -> str:
@@ -70,6 +76,11 @@ class GenerateWidget(QWidget):
         self._size: tuple[int, int] | None = None
         self._relay: ProgressRelay | None = None
         self._last_refresh = 0.0
+        #: asks the user a question; returns the chosen answer (tests replace it)
+        self.ask = ask_user
+        self.calibration: Calibration | None = None
+        self._calibration_key: tuple | None = None
+        self._calibration_worker: Any = None
         self._refresh_timer = QTimer(self)
         self._refresh_timer.setSingleShot(True)
         self._refresh_timer.timeout.connect(self.refresh_layers)
@@ -78,7 +89,6 @@ class GenerateWidget(QWidget):
             "generate/output", mode="save", caption="Slide store (.zarr folder)",
             file_filter="Slide store (*.zarr)", placeholder="~/diffinfinite/slide.zarr",
         )  # fmt: skip
-        self.overwrite = QCheckBox("overwrite an existing store")
         self.steps = QSpinBox()
         self.steps.setRange(1, 1000)
         self.steps.setValue(250)
@@ -106,15 +116,18 @@ class GenerateWidget(QWidget):
         self.resume_button = QPushButton("Resume")
         self.resume_button.setToolTip("Continue an interrupted store at the output path")
         self.resume_button.clicked.connect(lambda: self.resume())
+        self.estimate = QLabel()
+        self.estimate.setWordWrap(True)
         self.progress_bar = QProgressBar()
         self.status = QLabel("Load a checkpoint and create a mask canvas, then Generate.")
         self.status.setWordWrap(True)
-        self.progress = StageProgress("DiffInfinite", self.progress_bar)
+        self.progress = StageProgress(self.progress_bar)
         self.state.models_changed.connect(self._on_models_changed)
+        self.state.canvas_changed.connect(self.update_estimate)
+        self.steps.valueChanged.connect(self.update_estimate)
 
         form = QFormLayout()
         form.addRow("Output", self.output)
-        form.addRow("", self.overwrite)
         form.addRow("Steps", self.steps)
         form.addRow("ω (guidance)", self.omega)
         form.addRow("η (eta)", self.eta)
@@ -123,15 +136,67 @@ class GenerateWidget(QWidget):
         layout = QVBoxLayout(self)
         layout.addLayout(form)
         layout.addWidget(hbox(self.generate_button, self.cancel_button, self.resume_button))
+        layout.addWidget(self.estimate)
         layout.addWidget(self.progress_bar)
         layout.addWidget(self.status)
         layout.addStretch(1)
+        self.calibrate()  # models loaded before this widget opened
 
     def _on_models_changed(self) -> None:
-        """Default the number of steps to what the loaded model was trained to sample with."""
+        """Default the number of steps to what the loaded model was trained to sample with,
+        and time the model on its device for the estimate."""
         steps = (self.state.image_info or {}).get("sampling_steps")
         if steps:
             self.steps.setValue(int(steps))
+        self.calibrate()
+
+    # -- estimate ---------------------------------------------------------------------
+    def calibrate(self) -> Any:
+        """Time one small batch of the loaded model in a worker (once per model, device,
+        dtype and batch size); returns the worker, or None when there is nothing to do."""
+        model = self.state.image_model
+        if model is None or self._calibration_worker is not None:
+            return None
+        settings = self.settings()
+        key = (id(model), settings.device, settings.dtype, settings.batch_size)
+        if key == self._calibration_key and self.calibration is not None:
+            return None
+        self._calibration_key = key
+        self.calibration = None
+        self.estimate.setText("Estimating the duration…")
+
+        def done(result: Calibration) -> None:
+            self.calibration = result
+            self.update_estimate()
+
+        def failed(exc: BaseException) -> None:
+            self.estimate.setText(f"No estimate: {gui_message(exc)}")
+
+        def finished() -> None:
+            self._calibration_worker = None
+
+        self._calibration_worker = start_worker(
+            calibrate, model, self.state.image_codec, settings, on_result=done, on_error=failed, on_finished=finished
+        )
+        return self._calibration_worker
+
+    def estimated_seconds(self) -> float | None:
+        """Seconds the job in the form would take (None before calibration or a canvas)."""
+        if self.calibration is None or self.state.slide_shape is None:
+            return None
+        return estimate_seconds(self.calibration, self.state.slide_shape, int(self.steps.value()))
+
+    def update_estimate(self, *args: Any) -> None:
+        seconds = self.estimated_seconds()
+        if seconds is None:
+            if self.calibration is not None:
+                self.estimate.setText("Create a mask canvas for a time estimate.")
+            return
+        h, w = self.state.slide_shape  # type: ignore[misc]
+        self.estimate.setText(
+            f"Estimated time: {describe_duration(seconds)} on {self.calibration.device} "  # type: ignore[union-attr]
+            f"for {w:,} × {h:,} px in {int(self.steps.value())} steps."
+        )
 
     # -- inputs -----------------------------------------------------------------------
     def output_path(self) -> Path:
@@ -182,6 +247,30 @@ class GenerateWidget(QWidget):
             self.status.setText("Cancelling after the current batch…")
             self.cancel_button.setEnabled(False)
 
+    def _confirm_long_job(self) -> bool:
+        seconds = self.estimated_seconds()
+        if seconds is None or seconds <= CONFIRM_ABOVE_S:
+            return True
+        answer = self.ask(
+            "Long generation",
+            f"This slide will take {describe_duration(seconds)} on {self.calibration.device}. "  # type: ignore[union-attr]
+            "Start it anyway? (Cancel stops it at any time; Resume continues later.)",
+            ["Start", "Cancel"],
+        )
+        return answer == "Start"
+
+    def _settle_output(self, out: Path) -> tuple[Path, bool] | None:
+        """The path to write and whether to overwrite it; None when the user cancelled."""
+        if not out.exists():
+            return out, False
+        choice = ExistingPathQuestion(out).ask(self.ask, "slide store")
+        if choice is None:
+            return None
+        if choice != out:
+            self.output.set_value(str(choice))
+            return choice, False
+        return out, True
+
     def _start(self, resume: bool) -> Any:
         from ..progress import CancelToken
 
@@ -189,19 +278,31 @@ class GenerateWidget(QWidget):
             show_warning("A generation is already running.")
             return None
         out = self.output_path()
+        overwrite = False
         try:
             model = self.state.require_image_model()
             if resume:
                 mask, size = self._resume_mask(out)
             else:
                 mask, size = self.state.mask_source(), tuple(self.state.slide_shape)  # type: ignore[arg-type]
-                out.parent.mkdir(parents=True, exist_ok=True)
             settings = self.settings()
         except Exception as exc:
             notify_error(exc, "Cannot start")
             return None
-        if not resume and self.overwrite.isChecked():
-            self._drop_slide_layers(out)
+        if not resume:
+            if not self._confirm_long_job():
+                return None
+            settled = self._settle_output(out)
+            if settled is None:
+                return None
+            out, overwrite = settled
+            try:
+                out.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                notify_error(exc, "Cannot start")
+                return None
+            if overwrite:
+                self._drop_slide_layers(out)
         self._store_path = out
         self._size = (int(size[0]), int(size[1]))
         self.cancel_token = CancelToken()
@@ -214,7 +315,7 @@ class GenerateWidget(QWidget):
         self.worker = start_worker(
             run_generation, str(out), size,
             image_model=model, codec=self.state.image_codec, mask=mask, settings=settings,
-            resume=resume, overwrite=self.overwrite.isChecked() and not resume,
+            resume=resume, overwrite=overwrite,
             progress=relay, cancel=self.cancel_token,
             on_result=self._on_done, on_error=self._on_error, on_finished=self._on_finished,
         )  # fmt: skip
@@ -227,7 +328,8 @@ class GenerateWidget(QWidget):
 
     # -- progress ---------------------------------------------------------------------
     def _on_progress(self, event: ProgressEvent) -> None:
-        self.progress.update(event)
+        if not self.progress.update(event):
+            return  # a straggler after the job ended
         if event.stage == "sample":
             if event.preview is not None:
                 self._show_preview(event.preview)
@@ -248,11 +350,11 @@ class GenerateWidget(QWidget):
         if self._size is None:
             return
         layer = self._preview_layer()
-        scale, translate = canvas_transform(self._size, preview.shape[:2])
+        scale, translate = canvas_transform(self._size, preview.shape[:2], self.state.pixel_size_um)
         if layer is None:
             self.viewer.add_image(
                 preview, name=PREVIEW_NAME, rgb=preview.ndim == 3, scale=scale, translate=translate,
-                contrast_limits=[0, 255],
+                contrast_limits=[0, 255], units=world_units(self.state.pixel_size_um),
             )  # fmt: skip
         else:
             layer.data = preview
@@ -331,7 +433,7 @@ class GenerateWidget(QWidget):
             self.status.setText("Cancelled: the store is resumable, press Resume to continue.")
             show_info("Generation cancelled; press Resume to continue the same slide.")
         else:
-            self.status.setText(f"Failed: {exc}")
+            self.status.setText(f"Failed: {gui_message(exc)}")
             notify_error(exc, "Generation failed")
 
     def _on_finished(self) -> None:

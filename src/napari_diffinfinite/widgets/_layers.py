@@ -12,10 +12,13 @@ goes to the store, so ``layer.refresh()`` shows freshly written tiles.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
+
+from ._geometry import slide_translation, world_scale, world_units
 
 #: colour of label 0 ("unknown"/unlabelled): transparent, so the slide shows through
 _TRANSPARENT = (0.0, 0.0, 0.0, 0.0)
@@ -67,8 +70,9 @@ class ChannelLastArray:
             out = np.asarray(self.array[c, y, x])
             keeps_channel = not isinstance(c, (int, np.integer))
         else:  # fancy indexing (rare in napari): read the bounding rows/cols, index in memory
-            out = np.asarray(self.array[:, y if isinstance(y, slice) else slice(None),
-                                        x if isinstance(x, slice) else slice(None)])
+            out = np.asarray(
+                self.array[:, y if isinstance(y, slice) else slice(None), x if isinstance(x, slice) else slice(None)]
+            )
             out = np.moveaxis(out, 0, -1)
             ky = slice(None) if isinstance(y, slice) else y
             kx = slice(None) if isinstance(x, slice) else x
@@ -112,12 +116,37 @@ def label_features(class_names: Sequence[str] | None) -> dict[str, list] | None:
     return {"index": list(range(len(class_names))), "class": [str(n) for n in class_names]}
 
 
+def placement(store: Any) -> dict[str, Any]:
+    """``scale``, ``translate`` and ``units`` of a store's level 0 in napari's world.
+
+    The world is in micrometres when the pixel size is known (see :mod:`._geometry`), so
+    slides of different pixel sizes overlay at their true size; an exported region sits
+    at its place over its source (NGFF translation, else the region in its provenance).
+    """
+    from .._reader import root_attributes
+
+    px = getattr(store, "pixel_size_um", None)
+    path = Path(str(getattr(store, "path", "") or ""))
+    attrs = (root_attributes(path) or {}) if path.name else {}
+    provenance = dict(getattr(store, "provenance", {}) or {})
+    s = world_scale(px)
+    placed: dict[str, Any] = {
+        "scale": (s, s),
+        "translate": slide_translation(attrs, provenance, px),
+    }
+    units = world_units(px)
+    if units is not None:
+        placed["units"] = units
+    return placed
+
+
 def slide_layer_data(store: Any, name: str | None = None) -> list[tuple[Any, dict, str]]:
     """Layer data tuples for a slide store: the RGB pyramid and, if present, its labels.
 
     The image is multiscale and lazy (:class:`ChannelLastArray` per level); the labels
     pyramid is a read-only multiscale Labels layer with the store's class colours. Both
-    carry the store path and the provenance in ``metadata``.
+    carry the store path and the provenance in ``metadata``, and are placed in µm
+    (:func:`placement`).
     """
     path = Path(str(getattr(store, "path", "") or ""))
     stem = name or (path.stem if path.name else "slide")
@@ -128,6 +157,7 @@ def slide_layer_data(store: Any, name: str | None = None) -> list[tuple[Any, dic
         "pixel_size_um": getattr(store, "pixel_size_um", None),
         "synthetic": bool(provenance.get("synthetic", True)),
     }
+    placed = placement(store)
     levels = [ChannelLastArray(store.image_level(k)) for k in range(store.num_levels)]
     image_kwargs = {
         "name": stem,
@@ -136,10 +166,9 @@ def slide_layer_data(store: Any, name: str | None = None) -> list[tuple[Any, dic
         "contrast_limits": [0, 255],
         "metadata": metadata,
         "cache": False,
+        **placed,
     }
-    layers: list[tuple[Any, dict, str]] = [
-        (levels if len(levels) > 1 else levels[0], image_kwargs, "image")
-    ]
+    layers: list[tuple[Any, dict, str]] = [(levels if len(levels) > 1 else levels[0], image_kwargs, "image")]
     labels = _label_levels(store)
     if labels:
         label_kwargs = {
@@ -149,6 +178,7 @@ def slide_layer_data(store: Any, name: str | None = None) -> list[tuple[Any, dic
             "metadata": dict(metadata),
             "colormap": label_colormap(getattr(store, "class_colors", None)),
             "cache": False,
+            **placed,
         }
         features = label_features(getattr(store, "class_names", None))
         if features is not None:

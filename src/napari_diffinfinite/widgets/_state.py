@@ -8,8 +8,9 @@ model's classes through :attr:`DiffInfiniteState.models_changed`.
 from __future__ import annotations
 
 import weakref
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from psygnal import Signal
@@ -79,6 +80,12 @@ class DiffInfiniteState:
             return [class_rgb(colors, k) for k in range(len(colors))]
         fallback = [(0, 0, 0), (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200)]
         return fallback[: len(self.class_names)]
+
+    @property
+    def pixel_size_um(self) -> float | None:
+        """Slide pixel size of the image model in µm (None when the model does not say)."""
+        value = (self.image_info or {}).get("pixel_size_um")
+        return float(value) if value else None
 
     # -- canvas -----------------------------------------------------------------------
     @property

@@ -1,9 +1,15 @@
-"""Running engine calls off the GUI thread.
+"""Running engine calls off the GUI thread, and showing their progress cheaply.
 
 The engine reports progress through a plain callback that it calls from the worker
-thread. :class:`ProgressRelay` turns that callback into a Qt signal, so the widgets
-receive every :class:`~napari_diffinfinite.progress.ProgressEvent` on the GUI thread
-(a queued connection) and never touch Qt objects from the worker.
+thread. :class:`ProgressRelay` thins those reports (:class:`._throttle.ProgressThrottle`:
+a few a second, previews at most once a second) and turns them into a Qt signal, so the
+widgets receive :class:`~napari_diffinfinite.progress.ProgressEvent` on the GUI thread
+(a queued connection: in order, each once) and never touch Qt objects from the worker.
+
+Progress is shown in the widget's own :class:`QProgressBar` and status label
+(:class:`StageProgress`), not in napari's activity dock: its progress bar keeps a
+software OpenGL renderer busy while open, and it processes pending Qt events while it
+updates, so a later "done" could run in the middle of an earlier update.
 
 Cancellation goes the other way through a :class:`~napari_diffinfinite.progress.CancelToken`
 that the engine checks once per batch: a Cancel button only has to set the token.
@@ -12,47 +18,51 @@ that the engine checks once per batch: a Cancel button only has to set the token
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from napari.qt.threading import FunctionWorker, create_worker
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QObject, Signal
 
-from ..errors import DiffInfiniteError
 from ..progress import Cancelled, ProgressEvent
+from ._messages import gui_message
+from ._throttle import ProgressThrottle
 
 logger = logging.getLogger(__name__)
 
 
 class ProgressRelay(QObject):
-    """Carries progress events from the worker thread to the GUI thread.
+    """Carries (throttled) progress events from the worker thread to the GUI thread.
 
-    Create it on the GUI thread, connect :attr:`reported`, and hand :meth:`__call__` to
-    the engine as its ``progress`` callback.
+    Create it on the GUI thread, connect :attr:`reported`, and hand the relay to the
+    engine as its ``progress`` callback.
     """
 
     #: not named "event": that would shadow QObject.event(), which Qt calls to deliver events
     reported = Signal(object)
 
+    def __init__(self, parent: QObject | None = None, **throttle: Any) -> None:
+        super().__init__(parent)
+        self.throttle = ProgressThrottle(self.reported.emit, **throttle)
+
     def __call__(self, event: ProgressEvent) -> None:
-        self.reported.emit(event)
+        self.throttle(event)
 
 
 def notify_error(exc: BaseException, what: str = "") -> None:
-    """Show an engine error as a napari notification instead of a traceback.
+    """Show an error as a napari notification in plain words, never as a traceback.
 
-    Engine errors (:class:`DiffInfiniteError`) already say what is wrong and how to fix
-    it, so their message is shown as is; anything else is shown with its type and its
-    traceback goes to the log for a bug report.
+    Engine errors already say what is wrong and how to fix it; other exceptions are worded
+    by :func:`._messages.gui_message` and their traceback goes to the log.
     """
     prefix = f"{what}: " if what else ""
     if isinstance(exc, Cancelled):
         show_info(f"{prefix}{exc}")
-    elif isinstance(exc, DiffInfiniteError):
-        show_error(f"{prefix}{exc}")
-    else:
+        return
+    if not isinstance(exc, (OSError,)) and type(exc).__module__.split(".")[0] != "napari_diffinfinite":
         logger.error("%s failed", what or "operation", exc_info=exc)
-        show_error(f"{prefix}{type(exc).__name__}: {exc}")
+    show_error(f"{prefix}{gui_message(exc)}")
 
 
 def start_worker(
@@ -78,73 +88,66 @@ def start_worker(
     return worker
 
 
+STAGE_NAMES = {
+    "load": "Loading",
+    "mask": "Sampling the layout",
+    "sample": "Sampling",
+    "decode": "Decoding tiles",
+    "pyramid": "Writing labels",
+    "export": "Exporting",
+}
+
+
 class StageProgress:
-    """napari's progress bar (activity dock) plus an optional in-widget QProgressBar,
-    following a multi-stage operation ("sample", then "decode", ...) event by event."""
+    """A multi-stage operation ("sample", then "decode", ...) in the widget's own QProgressBar.
 
-    STAGE_NAMES = {
-        "load": "Loading",
-        "mask": "Sampling the layout",
-        "sample": "Sampling",
-        "decode": "Decoding tiles",
-        "pyramid": "Writing labels",
-        "export": "Exporting",
-    }
+    Setting a QProgressBar's value only schedules a repaint of the bar; nothing here
+    processes events, so updates cannot re-enter. Events after :meth:`close` are dropped,
+    so a straggler cannot reopen a finished bar.
+    """
 
-    def __init__(self, title: str, bar: Any = None) -> None:
-        self.title = title
+    def __init__(self, bar: Any) -> None:
         self.bar = bar
         self.stage: str | None = None
-        self._pbar: Any = None
+        self.applied = 0
         self._active = False
-        if bar is not None:
-            bar.setTextVisible(False)
+        bar.setTextVisible(False)
+        bar.setRange(0, 1)
+        bar.setValue(0)
+
+    @staticmethod
+    def stage_name(stage: str) -> str:
+        return STAGE_NAMES.get(stage, stage)
 
     def start(self) -> None:
-        """A new operation begins: accept its events (events after :meth:`close` are
-        dropped, so a straggler cannot reopen a finished bar)."""
+        """A new operation begins: accept its events."""
         self.close()
         self._active = True
+        self.applied = 0
 
-    def _description(self, event: ProgressEvent) -> str:
-        stage = self.STAGE_NAMES.get(event.stage, event.stage)
-        return f"{self.title}: {stage}"
+    @property
+    def active(self) -> bool:
+        return self._active
 
-    def update(self, event: ProgressEvent) -> None:
-        from napari.utils import progress
-
+    def update(self, event: ProgressEvent) -> bool:
+        """Show ``event``; False (and nothing shown) when no operation is running."""
         if not self._active:
-            return
-        total = max(int(event.total), 0)
-        done = min(max(int(event.done), 0), total) if total else max(int(event.done), 0)
-        if self._pbar is None:
-            self._pbar = progress(total=total, desc=self._description(event))
-        if event.stage != self.stage:
-            self.stage = event.stage
-            self._pbar.total = total
-            self._pbar.n = 0
-            self._pbar.set_description(self._description(event))
-        elif self._pbar.total != total:
-            self._pbar.total = total
-        if done < self._pbar.n:
-            self._pbar.n = done
-            self._pbar.update(0)
-        else:
-            self._pbar.update(done - self._pbar.n)
-        if self.bar is not None:
-            self.bar.setTextVisible(True)
-            self.bar.setRange(0, total or 0)
-            self.bar.setValue(done)
-            self.bar.setFormat(f"{self.STAGE_NAMES.get(event.stage, event.stage)} %p%")
+            return False
+        total = max(int(event.total), 1)
+        done = min(max(int(event.done), 0), total)
+        self.stage = event.stage
+        self.applied += 1
+        if self.bar.maximum() != total:
+            self.bar.setRange(0, total)
+        self.bar.setValue(done)
+        self.bar.setFormat(f"{self.stage_name(event.stage)} %p%")
+        self.bar.setTextVisible(True)
+        return True
 
     def close(self) -> None:
-        """The operation ended: close napari's bar and clear the widget's."""
+        """The operation ended: clear the bar (a determinate 0..1 range never animates)."""
         self._active = False
-        if self._pbar is not None:
-            self._pbar.close()
-            self._pbar = None
         self.stage = None
-        if self.bar is not None:
-            self.bar.setRange(0, 1)
-            self.bar.setValue(0)
-            self.bar.setTextVisible(False)
+        self.bar.setRange(0, 1)
+        self.bar.setValue(0)
+        self.bar.setTextVisible(False)

@@ -1,0 +1,100 @@
+"""How long a generation will take, from a quick calibration on the chosen device (no Qt).
+
+:func:`calibrate` generates one patch-sized slide for one step with the loaded model on
+the chosen device and dtype (the real engine call, into a temporary folder) and keeps two
+rates: seconds per patch evaluation per step, and seconds per store tile for decoding and
+writing. :func:`estimate_seconds` scales them to a job: the sampler evaluates about
+``(h / P + 1) (w / P + 1)`` patches per step on an ``h x w`` latent with ``P`` latent
+positions per patch, and writes one tile per 512 x 512 px. Patches showing several tissue
+classes cost one more network branch per class, so the estimate is a lower bound for
+busy layouts; it is meant to tell minutes from hours.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+#: Generate asks for a confirmation above this many seconds
+CONFIRM_ABOVE_S = 600.0
+STORE_TILE = 512
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Measured rates of one model on one device."""
+
+    seconds_per_patch: float  # one patch evaluated for one sampling step (guidance included)
+    seconds_per_tile: float  # one 512 px store tile decoded and written
+    patch: int  # latent positions per patch side
+    scale_factor: int  # slide pixels per latent position
+    device: str
+
+
+def patches_per_step(size: tuple[int, int], patch: int, scale_factor: int) -> int:
+    """About how many patches the sampler evaluates per step for a slide of ``size`` (H, W)."""
+    lh = max(math.ceil(size[0] / scale_factor), patch)
+    lw = max(math.ceil(size[1] / scale_factor), patch)
+    return math.ceil(lh / patch + 1) * math.ceil(lw / patch + 1) if (lh > patch or lw > patch) else 1
+
+
+def tile_count(size: tuple[int, int]) -> int:
+    """Store tiles of a slide of ``size`` (H, W)."""
+    return math.ceil(size[0] / STORE_TILE) * math.ceil(size[1] / STORE_TILE)
+
+
+def calibrate(model: Any, codec: Any, settings: Any) -> Calibration:
+    """Time a one-step, one-patch slide with ``model``/``codec`` under ``settings``.
+
+    ``settings`` is the job's :class:`engine.GenerateSettings` (device, dtype, batch size,
+    ω); the calibration uses one step and label 1 everywhere.
+    """
+    import dataclasses
+
+    from .. import engine
+    from ..slide.masks import CanvasMask
+    from ..slide.store import SlideStore
+
+    config = model.config
+    side = int(config.patch_size)
+    size = (side, side)
+    mask = CanvasMask(np.ones((1, 1), np.uint8), shape=size)
+    one_step = dataclasses.replace(settings, steps=1, checkpoint_every_s=3600.0)
+    with tempfile.TemporaryDirectory(prefix="diffinfinite-calibration-") as tmp:
+        out = Path(tmp) / "calibration.zarr"
+        started = time.perf_counter()
+        engine.generate_slide(out, size, image_model=model, codec=codec, mask=mask, settings=one_step)
+        total = time.perf_counter() - started
+        stats = SlideStore.open(out, mode="r").provenance.get("sampler_stats") or {}
+    sampled = float(stats.get("sampling_seconds") or total)
+    patches = max(float(stats.get("patches_per_step") or 1.0), 1.0)
+    return Calibration(
+        seconds_per_patch=sampled / patches,
+        seconds_per_tile=max(total - sampled, 0.0) / tile_count(size),
+        patch=int(config.latent_patch),
+        scale_factor=max(int(codec.scale_factor), 1),
+        device=str(settings.device),
+    )
+
+
+def estimate_seconds(calibration: Calibration, size: tuple[int, int], steps: int) -> float:
+    """Seconds to generate a slide of ``size`` (H, W) in ``steps`` steps."""
+    patches = patches_per_step(size, calibration.patch, calibration.scale_factor)
+    return patches * int(steps) * calibration.seconds_per_patch + tile_count(size) * calibration.seconds_per_tile
+
+
+def describe_duration(seconds: float) -> str:
+    """'about 40 s', 'about 12 min', 'about 3.5 h', 'about 2.1 days'."""
+    if seconds < 90:
+        return f"about {max(1, round(seconds))} s"
+    if seconds < 90 * 60:
+        return f"about {round(seconds / 60)} min"
+    if seconds < 48 * 3600:
+        return f"about {seconds / 3600:.2g} h"
+    return f"about {seconds / 86400:.2g} days"

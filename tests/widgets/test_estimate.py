@@ -1,0 +1,43 @@
+"""The time estimate shown next to Generate (pure: runs without napari)."""
+
+from __future__ import annotations
+
+import pytest
+
+from napari_diffinfinite.widgets._estimate import (
+    Calibration,
+    calibrate,
+    describe_duration,
+    estimate_seconds,
+    patches_per_step,
+    tile_count,
+)
+
+
+def test_patch_and_tile_counts():
+    assert patches_per_step((128, 128), patch=32, scale_factor=4) == 1  # one patch
+    assert patches_per_step((512, 512), patch=32, scale_factor=4) == 25  # 4 x 4 + border
+    assert patches_per_step((16384, 16384), patch=32, scale_factor=4) == 129 * 129
+    assert tile_count((16384, 16384)) == 1024 and tile_count((513, 100)) == 2
+
+
+def test_estimate_scales_with_steps_and_area():
+    cal = Calibration(seconds_per_patch=0.05, seconds_per_tile=0.1, patch=32, scale_factor=4, device="cpu")
+    small = estimate_seconds(cal, (512, 512), 2)
+    assert small == pytest.approx(25 * 2 * 0.05 + 1 * 0.1)
+    big = estimate_seconds(cal, (16384, 16384), 25)
+    assert big > 600 > small  # a default 16k slide on a CPU needs the confirmation
+    assert describe_duration(40) == "about 40 s"
+    assert describe_duration(600) == "about 10 min"
+    assert describe_duration(big) == f"about {big / 3600:.2g} h"
+
+
+def test_calibration_times_the_real_model(tiny_image_model_dir):
+    from napari_diffinfinite import engine
+
+    model = engine.load_image_model(tiny_image_model_dir, device="cpu")
+    codec = engine.load_codec(None, model, device="cpu")
+    cal = calibrate(model, codec, engine.GenerateSettings(device="cpu", batch_size=64))
+    assert cal.seconds_per_patch > 0 and cal.seconds_per_tile >= 0
+    assert cal.patch == model.config.latent_patch and cal.scale_factor == codec.scale_factor
+    assert cal.device == "cpu"
