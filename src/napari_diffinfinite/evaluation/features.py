@@ -134,8 +134,8 @@ def _torch_fidelity_inception_class() -> type:
         spec = importlib.util.find_spec("torch_fidelity")
         if spec is None or not spec.submodule_search_locations:
             raise EvaluationError(
-                "Inception-v3 features need torch-fidelity: pip install 'napari-diffinfinite[evaluate]' "
-                "(or pip install --no-deps torch-fidelity)"
+                "Inception-v3 features need torch-fidelity's network: pip install --no-deps torch-fidelity "
+                "(--no-deps: its torchvision requirement is not needed here and would replace torch)"
             ) from exc
     sys.modules.pop("torch_fidelity", None)
     package = types.ModuleType("torch_fidelity")

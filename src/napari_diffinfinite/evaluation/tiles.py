@@ -11,8 +11,8 @@ A *source* is one of:
 
 * Slides are cut into a grid of non-overlapping candidate tiles (so no tile is counted
   twice). Unless ``include_glass`` is set, a candidate is kept only if at least
-  ``min_tissue`` of it is tissue in the slide's low-resolution tissue mask (the project's
-  optical-density detector, :mod:`napari_diffinfinite.slide.tissue`). Candidates are then
+  ``min_tissue`` of it is tissue in the slide's low-resolution tissue mask
+  (:func:`slide_tissue_mask`: not bright-and-colourless glass). Candidates are then
   drawn without replacement by a generator seeded with ``(seed, source index)``.
 * Folder tiles are drawn without replacement; a file larger than ``size`` gives a crop at a
   seeded random position; a smaller one is refused.
@@ -96,12 +96,17 @@ class FolderSource:
 
 
 def slide_tissue_mask(slide, max_side: int = 1024) -> np.ndarray:
-    """Tissue mask of a slide store or real slide at low resolution (longer side ``max_side``)."""
-    from ..slide.tissue import _low_resolution_rgb, tissue_mask_from_rgb
+    """Tissue mask of a slide store or real slide at low resolution (longer side ``max_side``).
 
-    rgb = _low_resolution_rgb(slide, max_side)
-    mask, _ = tissue_mask_from_rgb(rgb)
-    return mask
+    Tissue is what is not glass by the fixed rule of :meth:`HESegmenter.glass` (bright and
+    colourless). A fixed rule, not the adaptive threshold of :mod:`..slide.tissue`: a
+    synthetic slide is often tissue from edge to edge, and an adaptive threshold would
+    then split the tissue itself.
+    """
+    from ..slide.tissue import _low_resolution_rgb
+    from .adherence import HESegmenter
+
+    return ~HESegmenter().glass(_low_resolution_rgb(slide, max_side))
 
 
 def open_source(path: str | os.PathLike) -> SlideSource | FolderSource:
