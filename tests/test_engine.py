@@ -1,9 +1,12 @@
+import json
+
 import numpy as np
 import pytest
+import torch
 
 from napari_diffinfinite import engine
-from napari_diffinfinite.errors import MaskError, StoreError
-from napari_diffinfinite.progress import CancelToken, Cancelled
+from napari_diffinfinite.errors import MaskError, SettingsError, StoreError
+from napari_diffinfinite.progress import Cancelled, CancelToken
 from napari_diffinfinite.slide.masks import CanvasMask, ConstantMask
 from napari_diffinfinite.slide.pyramid import downsample_image
 from napari_diffinfinite.slide.store import SlideStore
@@ -13,10 +16,14 @@ SIZE = (700, 1000)  # not multiples of 512
 
 def _generate(tmp_path, model, codec, mask, name="slide.zarr", **kwargs):
     settings = engine.GenerateSettings(steps=2, seed=4, batch_size=8)
-    return engine.generate_slide(tmp_path / name, SIZE, image_model=model, codec=codec, mask=mask, settings=settings, **kwargs)
+    return engine.generate_slide(
+        tmp_path / name, SIZE, image_model=model, codec=codec, mask=mask, settings=settings, **kwargs
+    )
 
 
-def test_generate_writes_whole_slide_with_labels_and_provenance(tmp_path, tiny_image_model, identity_codec, two_class_canvas):
+def test_generate_writes_whole_slide_with_labels_and_provenance(
+    tmp_path, tiny_image_model, identity_codec, two_class_canvas
+):
     mask = CanvasMask(two_class_canvas, SIZE)
     store = _generate(tmp_path, tiny_image_model, identity_codec, mask)
     assert store.shape == SIZE and store.num_levels == 2
@@ -93,12 +100,14 @@ def test_mask_size_must_match(tmp_path, tiny_image_model, identity_codec):
         _generate(tmp_path, tiny_image_model, identity_codec, ConstantMask(1, (10, 10)))
 
 
-def test_slide_smaller_than_a_patch(tmp_path, tiny_image_model, identity_codec):
-    store = engine.generate_slide(
-        tmp_path / "small.zarr", (20, 30), image_model=tiny_image_model, codec=identity_codec,
-        mask=ConstantMask(2, (20, 30)), settings=engine.GenerateSettings(steps=1),
-    )  # fmt: skip
-    assert store.image_level(0).shape == (3, 20, 30)
+def test_slide_smaller_than_a_patch_is_refused(tmp_path, tiny_image_model, identity_codec):
+    # a slide thinner than one patch would be padded to a patch: refused, nothing written
+    with pytest.raises(SettingsError, match="smaller than one patch"):
+        engine.generate_slide(
+            tmp_path / "small.zarr", (20, 30), image_model=tiny_image_model, codec=identity_codec,
+            mask=ConstantMask(2, (20, 30)), settings=engine.GenerateSettings(steps=1),
+        )  # fmt: skip
+    assert not (tmp_path / "small.zarr").exists()
 
 
 def test_sample_layout_through_engine(tiny_mask_model, mask_codec):
@@ -116,3 +125,144 @@ def test_parse_size():
 def test_describe_model(tiny_image_model):
     info = engine.describe_model(tiny_image_model)
     assert info["class_names"] == ["unknown", "class 1", "class 2"] and info["parameters"] > 0
+
+
+# -- the request API ---------------------------------------------------------------------
+
+
+def _request(tmp_path, model_dir, name="slide.zarr", size=(256, 384), **settings):
+    layout = engine.LayoutSource(label=settings.pop("label", 1))
+    return engine.GenerateRequest(
+        out=tmp_path / name, size=size, image_model=model_dir, layout=layout,
+        settings=engine.GenerateSettings(**{"steps": 2, "seed": 3, "device": "cpu", **settings}),
+    )  # fmt: skip
+
+
+def test_run_generate_records_dtype_and_device(tmp_path, tiny_image_model_dir):
+    store = engine.run_generate(_request(tmp_path, tiny_image_model_dir))
+    prov = store.provenance
+    assert prov["complete"] and prov["dtype"] == "float32" and prov["device"] == "cpu" and prov["steps"] == 2
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"steps": 0}, "steps must be at least 1"),
+        ({"steps": -3}, "steps must be at least 1"),
+        ({"steps": 100000}, "between 1 and the model's 1000"),
+        ({"omega": float("nan")}, "finite"),
+        ({"omega": float("inf")}, "finite"),
+        ({"eta": 2.0}, "eta must be between 0"),
+        ({"batch_size": 0}, "batch size must be at least 1"),
+        ({"device": "tpu9"}, "unknown device 'tpu9'"),
+        ({"dtype": "int8"}, "unknown dtype"),
+    ],
+)
+def test_bad_settings_are_refused_before_writing(tmp_path, tiny_image_model_dir, settings, message):
+    with pytest.raises(SettingsError, match=message):
+        engine.run_generate(_request(tmp_path, tiny_image_model_dir, **settings))
+    assert not (tmp_path / "slide.zarr").exists()
+
+
+def test_huge_slide_is_refused_with_numbers(tmp_path, tiny_image_model_dir):
+    with pytest.raises(SettingsError, match=r"needs .* GB for its latent .* free"):
+        engine.run_generate(_request(tmp_path, tiny_image_model_dir, size=(200000, 200000)))
+    assert not (tmp_path / "slide.zarr").exists()
+
+
+def test_slide_cost_estimate():
+    config = engine.load_image_model(None).config
+    cost = engine.slide_cost((2048, 4096), config, channels=48, scale_factor=4)
+    assert cost.latent_shape == (512, 1024) and cost.latent_bytes == 48 * 512 * 1024 * 4
+    assert cost.working_bytes == 4 * cost.latent_bytes and cost.store_bytes > 2048 * 4096 * 3
+
+
+def test_load_image_model_honours_dtype(tiny_image_model_dir):
+    model = engine.load_image_model(tiny_image_model_dir, device="cpu", dtype="bfloat16")
+    assert model.dtype == torch.bfloat16
+    assert engine.load_image_model(tiny_image_model_dir, device="cpu").dtype == torch.float32
+
+
+def test_resume_without_size_takes_the_stores(tmp_path, tiny_image_model_dir):
+    reference = engine.run_generate(_request(tmp_path, tiny_image_model_dir, "ref.zarr")).image_level(0)[:]
+    token = CancelToken()
+
+    def progress(event):
+        if event.stage == "sample":
+            token.cancel()
+
+    with pytest.raises(Cancelled):
+        engine.run_generate(_request(tmp_path, tiny_image_model_dir, "cut.zarr"), progress=progress, cancel=token)
+    point = engine.resume_slide(tmp_path / "cut.zarr")
+    assert point.size == (256, 384) and not point.complete and point.canvas is not None
+    point.store.close() if hasattr(point.store, "close") else None
+    request = engine.GenerateRequest(out=tmp_path / "cut.zarr", image_model=tiny_image_model_dir, resume=True,
+                                     settings=engine.GenerateSettings(device="cpu"))  # fmt: skip
+    resumed = engine.run_generate(request)
+    assert resumed.shape == (256, 384) and np.array_equal(resumed.image_level(0)[:], reference)
+
+
+def _cut(tmp_path, model_dir, name="cut.zarr", **settings):
+    token = CancelToken()
+
+    def progress(event):
+        if event.stage == "sample":
+            token.cancel()
+
+    with pytest.raises(Cancelled):
+        engine.run_generate(_request(tmp_path, model_dir, name, **settings), progress=progress, cancel=token)
+    return tmp_path / name
+
+
+def test_resume_with_another_mask_is_refused(tmp_path, tiny_image_model_dir):
+    out = _cut(tmp_path, tiny_image_model_dir)
+    request = _request(tmp_path, tiny_image_model_dir, "cut.zarr", label=2)
+    request.resume = True
+    with pytest.raises(StoreError, match="another layout"):
+        engine.run_generate(request)
+    same = _request(tmp_path, tiny_image_model_dir, "cut.zarr", label=1)
+    same.resume = True
+    assert engine.run_generate(same).provenance["complete"] and out.exists()
+
+
+def test_resume_with_another_dtype_is_refused_unless_allowed(tmp_path, tiny_image_model_dir):
+    _cut(tmp_path, tiny_image_model_dir)
+    request = _request(tmp_path, tiny_image_model_dir, "cut.zarr", dtype="bfloat16")
+    request.resume = True
+    with pytest.raises(StoreError, match="sampled in float32.*--allow-dtype-change"):
+        engine.run_generate(request)
+    request.allow_dtype_change = True
+    assert engine.run_generate(request).provenance["complete"]
+
+
+def test_geojson_without_features_or_outside_the_slide_is_refused(tmp_path, tiny_image_model_dir):
+    empty = tmp_path / "empty.geojson"
+    empty.write_text(json.dumps({"type": "FeatureCollection", "features": []}))
+    outside = tmp_path / "outside.geojson"
+    square = [[[5000, 5000], [5100, 5000], [5100, 5100], [5000, 5100], [5000, 5000]]]
+    outside.write_text(json.dumps({"type": "FeatureCollection", "features": [{
+        "type": "Feature", "geometry": {"type": "Polygon", "coordinates": square},
+        "properties": {"objectType": "annotation", "classification": {"name": "class 1"}}}]}))  # fmt: skip
+    for path, message in ((empty, "no area annotation"), (outside, "outside the 384x256 px slide")):
+        request = _request(tmp_path, tiny_image_model_dir)
+        request.layout = engine.LayoutSource(mask=path)
+        with pytest.raises(MaskError, match=message):
+            engine.run_generate(request)
+        assert not (tmp_path / "slide.zarr").exists()
+
+
+def test_decoding_saves_the_state_at_most_once_per_interval(tmp_path, tiny_image_model_dir, monkeypatch):
+    saved = []
+    original = SlideStore.save_state
+
+    def counting(self, arrays, meta):
+        saved.append((dict(meta), sorted(arrays)))
+        return original(self, arrays, meta)
+
+    monkeypatch.setattr(SlideStore, "save_state", counting)
+    request = _request(tmp_path, tiny_image_model_dir, size=(2048, 1024))  # 4 tile rows
+    request.settings.checkpoint_every_s = 3600
+    engine.run_generate(request)
+    decode_saves = [m for m, _ in saved if m["decoded_rows"] > 0]
+    assert decode_saves == []  # 4 rows decoded, no interval elapsed: no full-latent rewrite per row
+    assert [a for m, a in saved if m["step"] == 0] == [[], []]  # the keyed initial noise is never written

@@ -29,3 +29,10 @@ class ExportError(DiffInfiniteError):
 
 class TrainingError(DiffInfiniteError):
     """Training data or settings are unusable."""
+
+
+class SettingsError(DiffInfiniteError, ValueError):
+    """A generation setting (size, steps, guidance, device, ...) is out of range or inconsistent.
+
+    Also a ``ValueError``, so callers that caught the ``ValueError`` of a bad setting keep working.
+    """

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..errors import ExportError
 from ..slide.export import FORMATS, NGFF_VERSIONS, export_slide, parse_region
-from ..slide.tiff import COMPRESSIONS
+from ..slide.export_tiff import COMPRESSIONS
 
 _SUFFIXES = {"ome-zarr": ".zarr", "ome-tiff": ".ome.tif", "tiff": ".tif", "geojson": ".geojson"}
 
@@ -44,6 +44,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--quality", type=int, default=90, help="JPEG quality 1..100 (default 90)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p.set_defaults(interrupted="interrupted; nothing was written at the output path (run the export again)")
     return p
 
 
@@ -65,12 +66,7 @@ def run(args: argparse.Namespace) -> int:
 
     fmt = args.format or format_from_suffix(args.out)
     if fmt is None:
-        print(
-            f"diffinfinite export: cannot tell the format from {args.out.name!r}; "
-            f"pass --format ({', '.join(FORMATS)})",
-            file=sys.stderr,
-        )
-        return 2
+        raise ExportError(f"cannot tell the format from {args.out.name!r}; pass --format ({', '.join(FORMATS)})")
     bar = TqdmProgress(disable=args.quiet)
     try:
         result = export_slide(

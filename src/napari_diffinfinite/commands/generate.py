@@ -1,4 +1,9 @@
-"""``diffinfinite generate``: a synthetic slide from a label mask, headless."""
+"""``diffinfinite generate``: a synthetic slide from a label mask, headless.
+
+The command turns its options into an :class:`~napari_diffinfinite.engine.GenerateRequest`
+and calls :func:`~napari_diffinfinite.engine.run_generate`; SIGINT and SIGTERM cancel the job
+at its next batch, after the sampler state has been saved, so ``--resume`` continues it.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +12,12 @@ import time
 from pathlib import Path
 
 from .. import engine
-from ..errors import MaskError
-from ..slide.masks import CanvasMask, ConstantMask
+from ..threads import configure_torch_threads
 from ._progress import TqdmProgress
+from ._signals import cancel_on_signals
+
+DEFAULT_SIZE = "2048x2048"
+INTERRUPTED = "interrupted; the sampler state was saved: run the same command with --resume to continue"
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -17,99 +25,106 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "generate",
         help="generate a synthetic slide into an OME-Zarr slide store",
         description="Generate a synthetic whole-slide image with DiffInfinite's parallel random-patch sampler. "
-        "With no model given, the embedded demo models are used (a layout is sampled by the demo mask model).",
+        "With no model given, the embedded demo models are used (a layout is sampled by the demo mask model). "
+        "Ctrl-C (or SIGTERM) saves the sampler state and stops; --resume continues and gives the same slide.",
     )
     p.add_argument("--out", required=True, type=Path, help="slide store to write (a .zarr folder)")
-    p.add_argument("--size", default="2048x2048", help="slide size WIDTHxHEIGHT in pixels (default 2048x2048)")
+    p.add_argument(
+        "--size", help=f"slide size WIDTHxHEIGHT in pixels (default {DEFAULT_SIZE}; on --resume: the store's)"
+    )
     p.add_argument("--model", help="image model: our model folder or an official model-N.pt (default: embedded demo)")
     p.add_argument("--vae", help="folder of the Stable Diffusion 2 VAE (latent models only)")
-    src = p.add_argument_group("layout (choose one; default: sampled by the mask model)")
-    src.add_argument("--mask", type=Path, help="label image (PNG/TIFF), QuPath GeoJSON, or a real slide (its tissue layout)")
+    src = p.add_argument_group("layout (choose one; default: sampled by the mask model; on --resume: the store's)")
+    src.add_argument(
+        "--mask", type=Path, help="label image (PNG/TIFF), QuPath GeoJSON, or a real slide (its tissue layout)"
+    )
     src.add_argument("--label", type=int, help="one label everywhere")
     src.add_argument("--mask-model", help="mask model to sample the layout with (default: embedded demo)")
     src.add_argument("--mask-condition", type=int, default=1, help="mask model class to condition on (default 1)")
-    src.add_argument("--mask-omega", type=float, default=0.0, help="guidance of the mask model (default 0, as upstream)")
+    src.add_argument(
+        "--mask-omega", type=float, default=0.0, help="guidance of the mask model (default 0, as upstream)"
+    )
     src.add_argument("--mask-seed", type=int, help="seed of the layout (default: --seed)")
     src.add_argument("--tissue-label", type=int, default=1, help="label for tissue when --mask is a real slide")
     src.add_argument("--num-labels", type=int, help="label levels of an official mask model (5 or 10)")
-    s = p.add_argument_group("sampling")
+    src.add_argument(
+        "--skip-unknown",
+        action="store_true",
+        help="leave out GeoJSON annotations whose class the model does not have (default: refuse them)",
+    )
+    s = p.add_argument_group("sampling (on --resume, left out = the store's)")
     s.add_argument("--steps", type=int, help="DDIM steps (default: the model's, 250 for official models)")
     s.add_argument("--omega", type=float, help="guidance strength omega (cond_scale = omega + 1; default 3)")
-    s.add_argument("--eta", type=float, help="DDIM eta (default 1)")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--device", default="auto", help="cuda, cuda:N, cpu or auto (default)")
-    s.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    s.add_argument("--eta", type=float, help="DDIM eta in [0, 1] (default: the model's, 1)")
+    s.add_argument("--seed", type=int, help="seed of the slide (default 0)")
+    s.add_argument("--device", help="cuda, cuda:N, cpu or auto (default)")
+    s.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="precision (default float32)")
     s.add_argument("--batch-size", type=int, help="network evaluations per forward call (default: from free memory)")
+    s.add_argument(
+        "--checkpoint-every",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="save the sampler state at most this often while sampling and decoding (default 60)",
+    )
     p.add_argument("--resume", action="store_true", help="continue an interrupted store with the same settings")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing store")
+    p.add_argument(
+        "--allow-dtype-change",
+        action="store_true",
+        help="on --resume, allow another --dtype than the store's (the slide then differs slightly)",
+    )
+    p.add_argument(
+        "--allow-device-change",
+        action="store_true",
+        help="on --resume, allow another device type than the store's (the slide then differs slightly)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing slide store written by this tool")
+    p.add_argument(
+        "--keep-state",
+        action="store_true",
+        help="keep the sampler state in the finished store (default: dropped, the store holds the slide only)",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(interrupted=INTERRUPTED)
     return p
 
 
-def _mask(args, size, image_model, progress) -> tuple[object, dict]:
-    names = image_model.config.class_names
-    chosen = [o for o in ("mask", "label", "mask_model") if getattr(args, o) is not None]
-    if len(chosen) > 1:
-        raise MaskError(f"choose one layout source, not {', '.join('--' + c.replace('_', '-') for c in chosen)}")
-    if args.mask is not None:
-        return engine.mask_from_path(args.mask, size, names, tissue_label=args.tissue_label)
-    if args.label is not None:
-        if not 0 <= args.label < len(names):
-            raise MaskError(f"label {args.label} is not one of the model's classes: " + ", ".join(f"{i}={n}" for i, n in enumerate(names)))
-        return ConstantMask(args.label, size), {"type": "constant", "label": args.label}
-    if args.mask_model is None and args.model is not None:
-        raise MaskError(
-            "give a layout for this model: --mask FILE (label image, GeoJSON or real slide), --label N, "
-            "or --mask-model PATH to sample one"
-        )
-    mask_model = engine.load_mask_model(args.mask_model, device=args.device, num_labels=args.num_labels)
-    if mask_model.config.class_names != names and len(mask_model.config.class_names) != len(names):
-        raise MaskError(
-            f"the mask model produces {len(mask_model.config.class_names)} labels but the image model has "
-            f"{len(names)} classes; use a matching mask model"
-        )
-    codec = engine.load_codec(args.vae, mask_model, device=args.device)
-    seed = args.seed if args.mask_seed is None else args.mask_seed
-    canvas = engine.sample_layout(
-        mask_model, codec, size, condition=args.mask_condition, omega=args.mask_omega, seed=seed,
-        device=args.device, progress=progress,
+def request_from_args(args: argparse.Namespace) -> engine.GenerateRequest:
+    """The engine request the options describe (nothing is loaded or checked here)."""
+    size = args.size if args.size is not None else (None if args.resume else DEFAULT_SIZE)
+    layout = engine.LayoutSource(
+        mask=args.mask, label=args.label, mask_model=args.mask_model, condition=args.mask_condition,
+        omega=args.mask_omega, seed=args.mask_seed, tissue_label=args.tissue_label, num_labels=args.num_labels,
+        skip_unknown=args.skip_unknown,
     )  # fmt: skip
-    info = {"type": "sampled", "mask_model": {"source": mask_model.source, "sha256": mask_model.sha256},
-            "condition": args.mask_condition, "omega": args.mask_omega, "seed": seed}  # fmt: skip
-    return CanvasMask(canvas, size), info
+    settings = engine.GenerateSettings(
+        steps=args.steps, omega=args.omega, eta=args.eta, seed=args.seed, batch_size=args.batch_size,
+        device=args.device, dtype=args.dtype, checkpoint_every_s=args.checkpoint_every,
+    )  # fmt: skip
+    return engine.GenerateRequest(
+        out=args.out, size=None if size is None else engine.parse_size(size), image_model=args.model, vae=args.vae,
+        layout=layout, settings=settings, resume=args.resume, overwrite=args.overwrite, keep_state=args.keep_state,
+        allow_dtype_change=args.allow_dtype_change, allow_device_change=args.allow_device_change,
+    )  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
-    size = engine.parse_size(args.size)
+    request = request_from_args(args)
+    configure_torch_threads()  # few threads on a busy machine: see napari_diffinfinite/threads.py
     progress = TqdmProgress(disable=args.quiet)
     started = time.perf_counter()
-    image_model = engine.load_image_model(args.model, device=args.device)
-    if image_model.source.startswith("random-init"):
-        print(f"note: {image_model.source}; train the demo with scripts/train_demo.py or pass --model")
-    codec = engine.load_codec(args.vae, image_model, device=args.device)
-    if args.resume and args.out.exists():
-        from ..slide.store import SlideStore
-
-        canvas = SlideStore.open(args.out).load_canvas()
-        if canvas is None:
-            raise MaskError(f"{args.out} has no saved layout to resume with; generate it again with --overwrite")
-        mask, mask_info = CanvasMask(canvas, size), SlideStore.open(args.out).provenance.get("mask", {})
-    else:
-        mask, mask_info = _mask(args, size, image_model, progress)
-    settings = engine.GenerateSettings(
-        steps=args.steps, omega=3.0 if args.omega is None else args.omega, eta=args.eta, seed=args.seed,
-        batch_size=args.batch_size, device=args.device, dtype=args.dtype,
-    )  # fmt: skip
     try:
-        store = engine.generate_slide(
-            args.out, size, image_model=image_model, codec=codec, mask=mask, settings=settings,
-            resume=args.resume, overwrite=args.overwrite, mask_info=mask_info, progress=progress,
-        )  # fmt: skip
+        with cancel_on_signals() as token:
+            store = engine.run_generate(request, progress=progress, cancel=token)
     finally:
         progress.close()
     elapsed = time.perf_counter() - started
-    stats = store.provenance.get("sampler_stats", {})
-    print(f"wrote {store.path} ({size[1]}x{size[0]} px, {store.num_levels} levels) in {elapsed:.1f} s")
+    provenance = store.provenance
+    source = (provenance.get("image_model") or {}).get("source", "")
+    if source.startswith("random-init"):
+        print(f"note: {source}; train the demo with scripts/train_demo.py or pass --model")
+    stats = provenance.get("sampler_stats", {})
+    print(f"wrote {store.path} ({engine.format_size(store.shape)} px, {store.num_levels} levels) in {elapsed:.1f} s")
     if stats:
         print(
             f"sampler: {stats['patches_per_step']:.1f} patches/step (ideal {stats['ideal_patches_per_step']:.1f}), "

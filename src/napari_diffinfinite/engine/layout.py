@@ -1,0 +1,236 @@
+"""The tissue layout a slide is generated from: read from any path, given, or sampled.
+
+A layout is a :class:`~napari_diffinfinite.slide.masks.MaskSource` over the slide plus a
+description for provenance. :class:`LayoutSource` says where it comes from (exactly one of
+a mask file, a constant label, a label canvas, a mask model); :func:`build_layout` makes it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import MaskError, SettingsError
+from ..model.codec import Codec
+from ..model.pretrained import DiffusionModel
+from ..progress import CancelToken, ProgressCallback
+from ..sampling import mask_sampler
+from ..slide.masks import CanvasMask, ConstantMask, MaskSource, mask_from_file
+from .geometry import format_size
+from .models import ModelSpec, resolve_device, resolve_dtype
+
+_SLIDE_SUFFIXES = (".svs", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide")
+
+
+@dataclass
+class LayoutSource:
+    """Where the layout of a slide comes from; give at most one of ``mask``, ``label``,
+    ``canvas``, ``mask_model`` (none: the demo mask model samples one, when the image model is
+    the demo too).
+
+    ``mask``: a label image (PNG/TIFF), a QuPath GeoJSON or a real slide (its tissue layout,
+    tissue = ``tissue_label``); ``skip_unknown`` leaves out GeoJSON classes the model lacks
+    instead of refusing them. ``canvas``: a uint8 label canvas stretched over the slide (what
+    the napari canvas holds); ``source``: a ready mask source (e.g. from :func:`read_layout`),
+    described by ``info``. ``mask_model``: a mask model (path, "default" for the demo, or
+    loaded) sampled with ``condition``, ``omega``, ``seed`` (None = the slide's seed), ``steps``
+    (None = the model's); ``num_labels`` for an official mask model.
+    """
+
+    mask: str | Path | None = None
+    source: MaskSource | None = None
+    label: int | None = None
+    canvas: np.ndarray | None = None
+    mask_model: ModelSpec = None
+    condition: int = 1
+    omega: float = 0.0
+    seed: int | None = None
+    steps: int | None = None
+    tissue_label: int = 1
+    num_labels: int | None = None
+    skip_unknown: bool = False
+    info: dict[str, Any] | None = None  # provenance of a given canvas (e.g. how it was painted)
+
+    def chosen(self) -> list[str]:
+        """The options that were given, by their CLI names."""
+        given = {"--mask": self.mask, "a mask source": self.source, "--label": self.label, "canvas": self.canvas,
+                 "--mask-model": self.mask_model}  # fmt: skip
+        return [name for name, value in given.items() if value is not None]
+
+    @property
+    def samples(self) -> bool:
+        """Whether the layout is sampled by a mask model (given, or the demo by default)."""
+        return self.mask is None and self.source is None and self.label is None and self.canvas is None
+
+
+def _is_real_slide(path: Path) -> bool:
+    """Whether ``path`` is a whole-slide image (its tissue layout is used) rather than a label image.
+
+    Decided by content (vendor format, colour pixels), not by tiling: an exported label TIFF is labels.
+    """
+    from ..slide.masks import mask_file_kind
+
+    return mask_file_kind(path).kind == "real slide"
+
+
+def read_layout(
+    path: str | Path,
+    size: tuple[int, int],
+    class_names: list[str],
+    *,
+    tissue_label: int = 1,
+    skip_unknown: bool = False,
+) -> tuple[MaskSource, dict[str, Any]]:
+    """A mask source for a slide of ``size`` (H, W) from a file, and a description for provenance.
+
+    * ``.geojson``/``.json``: QuPath annotations, classes matched by name to ``class_names``
+      (coordinates are level-0 pixels of the slide being generated); a file with no area
+      annotation inside the slide is refused, so a typo never becomes an all-unknown slide;
+    * a whole-slide image (``.svs``, ``.ndpi``, ``.mrxs``, a tiled pyramidal ``.tif``): its
+      tissue layout, tissue = ``tissue_label``, background = 0, stretched to ``size``;
+    * any other image (PNG/TIFF): a label image, one class index per pixel, at any resolution.
+    """
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise MaskError(f"mask file {path} does not exist; check the path")
+    if path.is_dir():
+        raise MaskError(f"mask {path} is a folder; give a label image, a GeoJSON file or a slide file")
+    suffix = path.suffix.lower()
+    if suffix in (".geojson", ".json"):
+        return _read_geojson(path, size, class_names, skip_unknown)
+    if _is_real_slide(path):
+        from ..slide.tissue import tissue_layout_source
+
+        if not 0 < tissue_label < len(class_names):
+            raise MaskError(f"tissue label {tissue_label} is not one of the model's classes 1..{len(class_names) - 1}")
+        source = tissue_layout_source(path, tissue_label=tissue_label, slide_shape=size)
+        return source, {"source": str(path), "type": "real-slide tissue layout", "tissue_label": tissue_label}
+    return mask_from_file(path, size), {"source": str(path), "type": "label image"}
+
+
+def _read_geojson(path: Path, size: tuple[int, int], class_names: list[str], skip_unknown: bool):
+    from ..slide.geojson import geojson_to_labels
+
+    imported = geojson_to_labels(
+        path, class_names=class_names, slide_shape=size, on_unknown="skip" if skip_unknown else "error"
+    )
+    if not imported.painted:
+        raise MaskError(
+            f"{path} has no area annotation with a class of this model ({imported.summary()}); "
+            "export the annotations with their classes from QuPath"
+        )
+    if not imported.canvas.any():
+        raise MaskError(
+            f"every annotation in {path} lies outside the {format_size(size)} px slide; GeoJSON coordinates are "
+            "level-0 pixels of the slide being generated: give the --size the annotations were drawn on"
+        )
+    info = {"source": str(path), "type": "geojson", "painted": imported.painted, "unknown": imported.unknown}
+    return CanvasMask(imported.canvas, size), info
+
+
+#: The former name of :func:`read_layout`.
+mask_from_path = read_layout
+
+
+def sample_layout(
+    mask_model: DiffusionModel,
+    codec: Codec,
+    size: tuple[int, int],
+    *,
+    condition: int = 1,
+    omega: float = 0.0,
+    seed: int = 0,
+    steps: int | None = None,
+    device: str | None = "cpu",
+    dtype: str = "float32",
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
+) -> np.ndarray:
+    """Sample a tissue layout (uint8 label canvas at 1/``mask_downsample`` of ``size``)."""
+    config = mask_model.config
+    if not 0 <= condition < config.unet.num_classes:
+        names = config.condition_names or [str(i) for i in range(config.unet.num_classes)]
+        raise SettingsError(
+            f"mask condition {condition} is not one of the mask model's: "
+            + ", ".join(f"{i}={n}" for i, n in enumerate(names))
+        )
+    if steps is not None and not 1 <= steps <= config.timesteps:
+        raise SettingsError(f"mask steps must be between 1 and {config.timesteps}, got {steps}")
+    dev = resolve_device(device)
+    mask_model.to(dev)
+    return mask_sampler.sample_layout(
+        mask_model, codec, size, condition=condition, omega=omega, seed=seed, steps=steps,
+        device=dev, dtype=resolve_dtype(dtype), progress=progress, cancel=cancel,
+    )  # fmt: skip
+
+
+def check_layout_choice(
+    layout: LayoutSource, class_names: list[str] | None, image_is_demo: bool, *, resuming: bool = False
+) -> None:
+    """Refuse conflicting or out-of-range layout options before any work is done.
+
+    ``class_names`` of the image model (``None`` before it is loaded: the label is checked later);
+    ``resuming`` an existing store needs no layout (the store's own is used).
+    """
+    chosen = layout.chosen()
+    if len(chosen) > 1:
+        raise SettingsError(f"choose one layout source, not {', '.join(chosen)}")
+    if layout.label is not None and class_names is not None and not 0 <= layout.label < len(class_names):
+        raise MaskError(
+            f"label {layout.label} is not one of the model's classes: "
+            + ", ".join(f"{i}={n}" for i, n in enumerate(class_names))
+        )
+    if layout.samples and layout.mask_model is None and not image_is_demo and not resuming:
+        raise MaskError(
+            "give a layout for this model: --mask FILE (label image, GeoJSON or real slide), --label N, "
+            "or --mask-model PATH to sample one"
+        )
+    if layout.mask is not None:
+        path = Path(layout.mask).expanduser()
+        if not path.exists():
+            raise MaskError(f"mask file {path} does not exist; check the path")
+        if path.is_dir():
+            raise MaskError(f"mask {path} is a folder; give a label image, a GeoJSON file or a slide file")
+    if layout.samples and not np.isfinite(layout.omega):
+        raise SettingsError(f"the mask model's guidance must be a finite number, got {layout.omega}")
+
+
+def build_layout(
+    layout: LayoutSource,
+    size: tuple[int, int],
+    class_names: list[str],
+    *,
+    mask_model: DiffusionModel | None,
+    mask_codec: Codec | None,
+    seed: int,
+    device: str | None,
+    dtype: str,
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
+) -> tuple[MaskSource, dict[str, Any]]:
+    """The mask source of ``layout`` over a slide of ``size``, and its provenance."""
+    if layout.mask is not None:
+        return read_layout(layout.mask, size, class_names, tissue_label=layout.tissue_label,
+                           skip_unknown=layout.skip_unknown)  # fmt: skip
+    if layout.label is not None:
+        return ConstantMask(layout.label, size), {"type": "constant", "label": int(layout.label)}
+    if layout.canvas is not None:
+        return CanvasMask(layout.canvas, size), dict(layout.info or {"type": "canvas"})
+    if layout.source is not None:
+        if tuple(layout.source.shape) != tuple(size):
+            shape = tuple(layout.source.shape)
+            raise MaskError(f"the mask covers {shape[1]}x{shape[0]} px but the slide is {format_size(size)} px")
+        return layout.source, dict(layout.info or {"type": type(layout.source).__name__})
+    if mask_model is None or mask_codec is None:
+        raise SettingsError("the layout is to be sampled but no mask model was loaded")
+    mask_seed = seed if layout.seed is None else layout.seed
+    canvas = sample_layout(
+        mask_model, mask_codec, size, condition=layout.condition, omega=layout.omega, seed=mask_seed,
+        steps=layout.steps, device=device, dtype=dtype, progress=progress, cancel=cancel,
+    )  # fmt: skip
+    info = {"type": "sampled", "mask_model": {"source": mask_model.source, "sha256": mask_model.sha256},
+            "condition": layout.condition, "omega": layout.omega, "seed": mask_seed}  # fmt: skip
+    return CanvasMask(canvas, size), info
