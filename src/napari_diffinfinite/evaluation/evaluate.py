@@ -97,11 +97,12 @@ def _features_of(
     )
 
 
-def _quality(real: np.ndarray, fake: np.ndarray, fake_logits, real_logits, settings: EvaluationSettings) -> dict:
+def _quality(
+    real: np.ndarray, fake: np.ndarray, fake_logits, real_logits, settings: EvaluationSettings, device: str
+) -> dict:
     kid_mean, kid_std = kernel_distance(
         real, fake, subsets=settings.kid_subsets, subset_size=settings.kid_subset_size, seed=settings.seed
     )
-    device = settings.device or "cpu"
     precision, recall = precision_recall(real, fake, k=settings.pr_k, device=device)
     out = {
         "fid": fid_from_features(real, fake),
@@ -209,13 +210,14 @@ def evaluate(
                 device=settings.device,
             )
         device = str(next(iter(extractor.parameters())).device)
-        settings.device = device
         metrics["features"] = {**extractor.describe(), "device": device}
 
         feats, logits = {}, {}
         for key, sample in samples.items():
             feats[key], logits[key] = _features_of(extractor, iter(sample), len(sample), key, settings, stages)
-        metrics["quality"] = _quality(feats["real"], feats["synthetic"], logits["synthetic"], logits["real"], settings)
+        metrics["quality"] = _quality(
+            feats["real"], feats["synthetic"], logits["synthetic"], logits["real"], settings, device
+        )
 
         if settings.patch_fid_crops:
             from .patches import crop_specs, matched_crops
