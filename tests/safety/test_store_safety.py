@@ -158,6 +158,18 @@ def test_lock_is_released_on_complete_close_exit_and_garbage_collection(tmp_path
     SlideStore.open(path, mode="r+").close()
 
 
+def test_unreachable_writer_of_this_process_does_not_block_a_new_one(tmp_path):
+    gc.disable()
+    try:
+        store = create(tmp_path / "slide.zarr")
+        store.itself = store  # a reference cycle: freed only by the cycle collector
+        path = store.path
+        del store
+        SlideStore.open(path, mode="r+").close()
+    finally:
+        gc.enable()
+
+
 def test_failed_create_leaves_nothing_and_no_lock(tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise OSError(28, "No space left on device")

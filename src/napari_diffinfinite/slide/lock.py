@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import atexit
 import datetime as _dt
+import gc
 import json
 import os
 import socket
@@ -58,6 +59,10 @@ def _describe(record: dict[str, Any] | None) -> str:
     return f"process {record.get('pid')} on {record.get('host')}, started {record.get('started')}{tail}"
 
 
+def _ours(record: dict[str, Any] | None) -> bool:
+    return bool(record) and record.get("pid") == os.getpid() and record.get("host") == socket.gethostname()
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -93,11 +98,20 @@ class WriterLock:
         if self._fd is not None:
             return self
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        collected = False
         for _ in range(20):
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
             try:
                 if not self._lock_fd(fd):
-                    raise self._refusal(read_lock(self.path))
+                    record = read_lock(self.path)
+                    if not collected and _ours(record):
+                        # Held by this process: maybe by a writer nobody references any more
+                        # (a failed run's store in a reference cycle); collecting releases it.
+                        collected = True
+                        os.close(fd)
+                        gc.collect()
+                        continue
+                    raise self._refusal(record)
                 try:
                     same = os.path.samestat(os.fstat(fd), os.stat(self.path, follow_symlinks=False))
                 except FileNotFoundError:
@@ -140,7 +154,7 @@ class WriterLock:
                 f"{self.store} is locked for writing by {who}, which cannot be checked from this host; "
                 f"wait for it to finish, or if it is no longer running remove {self.path}"
             )
-        if record and record.get("pid") == os.getpid() and record.get("host") == socket.gethostname():
+        if _ours(record):
             who = "another open writer of this process"
         return StoreError(
             f"{self.store} is being written by {who}; only one writer at a time is allowed. "
