@@ -54,6 +54,9 @@ def decode_tiles(
     tile: int = 512,
     margin: int = 8,
     first_row: int = 0,
+    last_row: int | None = None,
+    latent_origin: int = 0,
+    latent_height: int | None = None,
     on_row_done: Callable[[int], None] | None = None,
     progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
@@ -62,7 +65,10 @@ def decode_tiles(
 
     ``decode`` maps a (1, C, h', w') latent to a (1, 3, h'*scale, w'*scale) image in [0, 1].
     ``image_shape`` (H, W) crops the decoded canvas to the slide. ``first_row`` resumes at a
-    row of store tiles (rows before it are not written again). ``on_row_done(r)`` is called
+    row of store tiles (rows before it are not written again); ``last_row`` stops before that
+    row. ``latent`` may hold only rows ``latent_origin`` onwards of a latent of ``latent_height``
+    rows (one band of a latent split over processes; it must cover the rows the tiles read), so
+    that a band decodes exactly as the whole latent would. ``on_row_done(r)`` is called
     after row ``r`` of store tiles has been written.
     """
     if tile % scale:
@@ -70,7 +76,9 @@ def decode_tiles(
     height, width = image_shape
     tl = tile // scale
     lat_h, lat_w = latent.shape[-2:]
-    rows, cols = -(-height // tile), -(-width // tile)
+    lat_h = latent_height if latent_height is not None else lat_h
+    cols = -(-width // tile)
+    rows = -(-height // tile) if last_row is None else min(last_row, -(-height // tile))
     if margin == 0:
         margin_rows = 0
     else:
@@ -100,7 +108,7 @@ def decode_tiles(
             check(cancel)
             x0, x1 = _window(c, lat_cols, tl, margin, lat_w)
             wx = _ramp(x1 - x0, scale, tl, c, lat_cols, margin, x0)
-            image = decode(latent[None, :, y0:y1, x0:x1])[0].float().cpu().numpy()
+            image = decode(latent[None, :, y0 - latent_origin : y1 - latent_origin, x0:x1])[0].float().cpu().numpy()
             weighted = image * wy[None, :, None] * wx[None, None, :]
             # scatter the window into the store tiles it overlaps
             py0, px0 = y0 * scale, x0 * scale
