@@ -40,7 +40,9 @@ def test_resume_from_a_row_writes_only_remaining_rows():
     latent = torch.randn(4, 200, 64)
     out, written, write = _collect((1600, 512))
     rows = []
-    decode_tiles(latent, _smooth_decoder, scale=8, image_shape=(1600, 512), write=write, first_row=2, on_row_done=rows.append)
+    decode_tiles(
+        latent, _smooth_decoder, scale=8, image_shape=(1600, 512), write=write, first_row=2, on_row_done=rows.append
+    )
     assert rows == [2, 3] and written[:1024].sum() == 0 and (written[1024:] == 1).all()
     full, _, write_full = _collect((1600, 512))
     decode_tiles(latent, _smooth_decoder, scale=8, image_shape=(1600, 512), write=write_full)

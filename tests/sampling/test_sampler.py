@@ -1,14 +1,21 @@
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
-from napari_diffinfinite.progress import CancelToken, Cancelled
+from napari_diffinfinite.progress import Cancelled, CancelToken
 from napari_diffinfinite.sampling.sampler import RandomPatchSampler
 
 
 def _sampler(model, batch_size, steps=3, seed=11):
     return RandomPatchSampler(
-        model.unet, channels=model.config.unet.channels, patch=model.config.latent_patch, steps=steps, omega=2.0, seed=seed, batch_size=batch_size
+        model.unet,
+        channels=model.config.unet.channels,
+        patch=model.config.latent_patch,
+        steps=steps,
+        omega=2.0,
+        seed=seed,
+        batch_size=batch_size,
     )
 
 
@@ -22,22 +29,23 @@ def _labels(shape):
 def test_each_latent_pixel_advances_exactly_once_per_step(tiny_image_model, monkeypatch):
     shape = (75, 90)
     sampler = _sampler(tiny_image_model, batch_size=4)
-    updates = []
-    real_patches = sampler.patches
+    updates, sizes = [], []
+    real_grid = sampler.grid
 
     def recording(shape_, step):
-        patches = real_patches(shape_, step)
+        grid = real_grid(shape_, step)
         counts = np.zeros(shape_, int)
-        for p in patches:
+        for p in grid.patches():
             counts[p.own_y0 : p.own_y1, p.own_x0 : p.own_x1] += 1
         updates.append(counts)
-        return patches
+        sizes.append(len(grid))
+        return grid
 
-    monkeypatch.setattr(sampler, "patches", recording)
+    monkeypatch.setattr(sampler, "grid", recording)
     out = sampler.run(sampler.initial_state(shape), _labels(shape))
     assert len(updates) == 3 and all((c == 1).all() for c in updates)
     assert out.step == 3 and torch.isfinite(out.latent).all()
-    assert sampler.stats.patches_per_step == [len_ for len_ in sampler.stats.patches_per_step]
+    assert sampler.stats.patches_per_step == sizes
 
 
 def test_same_seed_same_result_across_batch_sizes(tiny_image_model):
@@ -49,7 +57,7 @@ def test_same_seed_same_result_across_batch_sizes(tiny_image_model):
     # batched convolutions round differently; at t=999 x0 = 2e4 * (x - eps) amplifies that
     # 1e-7 noise to ~1e-3 at a handful of pixels; everywhere else the results agree to ~1e-6
     difference = (results[0] - results[1]).abs()
-    assert difference.max() < 2e-2 and difference.mean() < 2e-5
+    assert difference.max() < 5e-2 and difference.mean() < 2e-5
     assert (difference > 1e-3).float().mean() < 1e-4
 
 
@@ -57,7 +65,9 @@ def test_different_seeds_differ(tiny_image_model):
     shape = (64, 64)
     a = _sampler(tiny_image_model, 4, seed=1)
     b = _sampler(tiny_image_model, 4, seed=2)
-    assert not torch.allclose(a.run(a.initial_state(shape), _labels(shape)).latent, b.run(b.initial_state(shape), _labels(shape)).latent)
+    assert not torch.allclose(
+        a.run(a.initial_state(shape), _labels(shape)).latent, b.run(b.initial_state(shape), _labels(shape)).latent
+    )
 
 
 def test_cancel_saves_step_boundary_and_resume_matches(tiny_image_model):
@@ -76,7 +86,9 @@ def test_cancel_saves_step_boundary_and_resume_matches(tiny_image_model):
 
     interrupted = _sampler(tiny_image_model, 4)
     with pytest.raises(Cancelled):
-        interrupted.run(interrupted.initial_state(shape), _labels(shape), progress=progress, cancel=token, checkpoint=saved.append)
+        interrupted.run(
+            interrupted.initial_state(shape), _labels(shape), progress=progress, cancel=token, checkpoint=saved.append
+        )
     state = saved[-1]
     assert 0 <= state.step < 3
     resumed = _sampler(tiny_image_model, 4).run(state, _labels(shape))
@@ -100,3 +112,82 @@ def test_label_shape_must_match(tiny_image_model):
     sampler = _sampler(tiny_image_model, 4)
     with pytest.raises(ValueError, match="does not match the latent"):
         sampler.run(sampler.initial_state((64, 64)), np.ones((64, 65), np.uint8))
+
+
+class PointwiseNetwork(nn.Module):
+    """A per-pixel stand-in UNet: its prediction at a pixel depends only on that pixel, the
+    time and the mask there, so any difference between runs comes from the sampler."""
+
+    def forward(self, x, t, mask):
+        return torch.tanh(0.5 * x + 0.1 * mask + 1e-4 * t[:, None, None, None].float())
+
+
+class BorderBlindNetwork(PointwiseNetwork):
+    """Pointwise, except that it is wrong within ``margin`` pixels of its window's border."""
+
+    def __init__(self, margin):
+        super().__init__()
+        self.margin = margin
+
+    def forward(self, x, t, mask):
+        ring = torch.ones(x.shape[-2:])
+        m = self.margin
+        ring[m:-m, m:-m] = 0
+        return super().forward(x, t, mask) + ring
+
+
+def _pointwise_sampler(batch_size, network=None, **kwargs):
+    return RandomPatchSampler(
+        network or PointwiseNetwork(), channels=4, patch=16, steps=4, omega=2.0, seed=5, batch_size=batch_size, **kwargs
+    )
+
+
+def test_batch_size_and_resume_are_bit_identical():
+    shape = (40, 53)
+    latents = []
+    for batch in (1, 3, 64):
+        sampler = _pointwise_sampler(batch)
+        latents.append(sampler.run(sampler.initial_state(shape), _labels(shape)).latent)
+    assert torch.equal(latents[0], latents[1]) and torch.equal(latents[0], latents[2])
+    saved = []
+    token = CancelToken()
+    events = []
+
+    def progress(event):
+        events.append(event)
+        if event.done > 1500:  # in the middle of the second step
+            token.cancel()
+
+    interrupted = _pointwise_sampler(3)
+    with pytest.raises(Cancelled):
+        interrupted.run(
+            interrupted.initial_state(shape), _labels(shape), progress=progress, cancel=token, checkpoint=saved.append
+        )
+    assert saved[-1].step == 1
+    resumed = _pointwise_sampler(2).run(saved[-1], _labels(shape))
+    assert torch.equal(resumed.latent, latents[0])
+
+
+def test_late_context_keeps_window_borders_out_of_written_cells():
+    shape, margin = (40, 53), 3
+    clean = _pointwise_sampler(8, late_context=margin, late_context_from=0.0)
+    expected = clean.run(clean.initial_state(shape), _labels(shape)).latent
+    blind = _pointwise_sampler(8, BorderBlindNetwork(margin), late_context=margin, late_context_from=0.0)
+    got = blind.run(blind.initial_state(shape), _labels(shape)).latent
+    without = _pointwise_sampler(8, BorderBlindNetwork(margin), late_context=0)
+    unprotected = without.run(without.initial_state(shape), _labels(shape)).latent
+    # away from the canvas edge (where windows are clamped and nothing lies beyond), no written
+    # pixel ever saw the network's blind border
+    inner = (slice(None), slice(margin, -margin), slice(margin, -margin))
+    assert torch.equal(got[inner], expected[inner])
+    assert not torch.allclose(unprotected[inner], expected[inner])
+
+
+def test_late_context_applies_from_its_share_of_the_schedule():
+    sampler = RandomPatchSampler(
+        PointwiseNetwork(), channels=4, patch=32, steps=10, batch_size=4, late_context_from=0.6
+    )
+    assert [sampler.context(k) for k in range(10)] == [0] * 6 + [4] * 4
+    assert len(sampler.grid((128, 128), 9)) > len(sampler.grid((128, 128), 0))
+    with pytest.raises(ValueError, match="leaves no cell"):
+        RandomPatchSampler(PointwiseNetwork(), channels=4, patch=8, batch_size=4, late_context=4)

@@ -1,12 +1,18 @@
-"""``diffinfinite bench``: parallel sampler vs the official one-patch-at-a-time loop."""
+"""``diffinfinite bench``: the sampler's benchmarks (code in :mod:`napari_diffinfinite.benchmarks`).
+
+* default: the parallel sampler against the official one-patch-at-a-time loop;
+* ``--overhead``: milliseconds of the sampler's own work per patch, with a zero-cost network.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 
 import torch
 
-from ..bench import dumps, run_benchmark, to_markdown
+from ..benchmarks.overhead import OVERHEAD_SIZES, run_overhead
+from ..benchmarks.sampler import dumps, run_benchmark, to_markdown
 
 
 def _sizes(text: str) -> list[int]:
@@ -16,27 +22,51 @@ def _sizes(text: str) -> list[int]:
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "bench",
-        help="benchmark the parallel sampler against the one-patch-at-a-time loop",
+        help="benchmark the parallel sampler (against the one-patch-at-a-time loop, or its own overhead)",
         description="Runs both samplers on a random-init network of the official image-model layout and "
-        "reports patch evaluations per step vs the ideal H*W/P^2, seconds per step, the speed-up and peak memory.",
+        "reports patch evaluations per step vs the ideal H*W/P^2, seconds per step, the speed-up and peak memory. "
+        "With --overhead: the sampler alone (a zero-cost network), ms of sampler work per patch.",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.add_argument("--markdown", action="store_true", help="print a markdown table")
-    p.add_argument("--sizes", type=_sizes, default=[1024, 4096], help="square slide sizes in px (default 1024,4096)")
+    p.add_argument(
+        "--overhead", action="store_true",
+        help=f"time the sampler's own work per patch with a zero-cost network (default sizes "
+        f"{','.join(map(str, OVERHEAD_SIZES))}; latent only, no decode)",
+    )  # fmt: skip
+    p.add_argument("--sizes", type=_sizes, help="square slide sizes in px (default 1024,4096)")
     p.add_argument("--sequential-sizes", type=_sizes, help="sizes to also run the sequential loop on (default: all)")
     p.add_argument("--dim", type=int, help="UNet width (official: 256; default 256 on CUDA, 32 on CPU)")
-    p.add_argument("--steps", type=int, default=1, help="DDIM steps timed per sampler (default 1)")
+    p.add_argument("--steps", type=int, help="DDIM steps timed per sampler (default 1; --overhead: 2)")
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    p.add_argument("--batch-size", type=int)
+    p.add_argument("--batch-size", type=int, help="network evaluations per call (--overhead: default 64)")
     return p
+
+
+def _overhead(args: argparse.Namespace, device: str) -> int:
+    result = run_overhead(
+        sorted(args.sizes or OVERHEAD_SIZES), steps=args.steps or 2, device=device, batch_size=args.batch_size or 64
+    )
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print("| slide | latent | patches/step | ms/patch | ms/step |\n|---|---|---|---|---|")
+    for r in result["sizes"]:
+        print(
+            f"| {r['size']}² | {r['latent'][0]}² | {r['patches_per_step']:.0f} | {r['ms_per_patch']:.3f} | "
+            f"{r['ms_per_step']:.1f} |"
+        )
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    if args.overhead:
+        return _overhead(args, device)
     dim = args.dim or (256 if device.startswith("cuda") else 32)
     summary = run_benchmark(
-        sorted(args.sizes), dim=dim, steps=args.steps, sequential_sizes=args.sequential_sizes,
+        sorted(args.sizes or [1024, 4096]), dim=dim, steps=args.steps or 1, sequential_sizes=args.sequential_sizes,
         device=device, dtype=args.dtype, batch_size=args.batch_size,
     )  # fmt: skip
     if args.json:

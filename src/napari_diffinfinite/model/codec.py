@@ -11,11 +11,14 @@ Hugging Face cache.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Protocol
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from ..errors import CheckpointError
 
@@ -31,6 +34,66 @@ class Codec(Protocol):
     def encode(self, images: torch.Tensor) -> torch.Tensor: ...
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor: ...
+
+    def tile_decoder(self, latent: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+        """A ``decode`` for windows of ``latent`` that decodes them as the whole would be."""
+        ...
+
+
+GroupNormStatistics = dict[nn.GroupNorm, tuple[torch.Tensor, torch.Tensor]]
+
+
+@contextmanager
+def _group_norms(network: nn.Module, forward: Callable[[nn.GroupNorm, torch.Tensor], torch.Tensor]) -> Iterator[None]:
+    """Run every GroupNorm of ``network`` through ``forward(module, x)`` inside the block."""
+    modules = [m for m in network.modules() if isinstance(m, nn.GroupNorm)]
+    for module in modules:
+        module.forward = lambda x, module=module: forward(module, x)
+    try:
+        yield
+    finally:
+        for module in modules:
+            del module.forward  # back to the class's forward
+
+
+def _group_moments(module: nn.GroupNorm, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    grouped = x.float().reshape(x.shape[0], module.num_groups, -1)
+    var, mean = torch.var_mean(grouped, dim=-1, unbiased=False)
+    return mean.mean(0), var.mean(0)  # (groups,), over the batch too (batches here have one image)
+
+
+def record_group_norm_statistics(network: nn.Module, run: Callable[[], object]) -> GroupNormStatistics:
+    """The per-group mean and variance every GroupNorm of ``network`` sees during ``run()``."""
+    stats: GroupNormStatistics = {}
+
+    def recording(module: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
+        stats[module] = _group_moments(module, x)
+        return F.group_norm(x, module.num_groups, module.weight, module.bias, module.eps)
+
+    with _group_norms(network, recording):
+        run()
+    return stats
+
+
+@contextmanager
+def fixed_group_norm_statistics(network: nn.Module, stats: GroupNormStatistics) -> Iterator[None]:
+    """Inside the block, every GroupNorm of ``network`` normalises with the recorded ``stats``
+    instead of its input's own: the network becomes local (a window decodes as in the whole)."""
+
+    def fixed(module: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
+        mean, var = stats[module]
+        n, c = x.shape[:2]
+        g = module.num_groups
+        grouped = x.reshape(n, g, -1)
+        scale = torch.rsqrt(var + module.eps).to(x.dtype)
+        y = ((grouped - mean.to(x.dtype)[None, :, None]) * scale[None, :, None]).reshape(x.shape)
+        if module.affine:
+            shape = (1, c) + (1,) * (x.dim() - 2)
+            y = y * module.weight.reshape(shape) + module.bias.reshape(shape)
+        return y
+
+    with _group_norms(network, fixed):
+        yield
 
 
 class IdentityCodec:
@@ -56,6 +119,10 @@ class IdentityCodec:
         if self.scale_factor > 1:
             x = F.pixel_shuffle(x, self.scale_factor)
         return ((x + 1) / 2).clamp(0, 1)
+
+    def tile_decoder(self, latent: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+        """Decoding is pointwise: windows decode as the whole does."""
+        return self.decode
 
 
 class VAECodec:
@@ -90,6 +157,31 @@ class VAECodec:
         out = self.vae.decode(latents.to(self.device, self.dtype) * self.latent_scale).sample
         return out.float().clamp(0, 1)
 
+    @torch.no_grad()
+    def tile_decoder(self, latent: torch.Tensor, statistics_side: int = 128) -> Callable[[torch.Tensor], torch.Tensor]:
+        """A ``decode`` for windows of ``latent`` (C, h, w) with the whole latent's GroupNorm statistics.
+
+        The decoder's GroupNorms normalise over their whole input, so a window decoded alone
+        shifts in tone. Here one pass of the decoder over the whole latent records every
+        GroupNorm's per-group mean and variance, and windows are decoded with those: the
+        decoder becomes local, and a window decodes as it does inside the whole. A latent
+        larger than ``statistics_side`` latent pixels is area-downsampled to that size for
+        the recording pass (the estimate the widely used tiled-VAE decoders make), so
+        memory stays bounded.
+        """
+        z = latent[None] if latent.dim() == 3 else latent
+        side = max(z.shape[-2:])
+        if side > statistics_side:
+            size = [max(1, round(s * statistics_side / side)) for s in z.shape[-2:]]
+            z = F.interpolate(z.float(), size=size, mode="area")
+        stats = record_group_norm_statistics(self.vae.decoder, lambda: self.decode(z))
+
+        def decode(window: torch.Tensor) -> torch.Tensor:
+            with fixed_group_norm_statistics(self.vae.decoder, stats):
+                return self.decode(window)
+
+        return decode
+
 
 def load_vae(spec: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
     """Load ``AutoencoderKL`` from a VAE folder, a Stable Diffusion folder (``vae/`` inside)
@@ -113,7 +205,7 @@ def load_vae(spec: str | Path, device: str | torch.device = "cpu", dtype: torch.
         try:
             vae = AutoencoderKL.from_pretrained(name, **kwargs)
             return vae.to(device=device, dtype=dtype).eval()
-        except (OSError, ValueError, EnvironmentError) as exc:
+        except (OSError, ValueError) as exc:
             errors.append(f"{name} {kwargs}: {exc}")
     hint = (
         f"pass the folder of the Stable Diffusion 2 VAE (with config.json and diffusion_pytorch_model.safetensors), "

@@ -12,7 +12,7 @@ progressively.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -124,7 +124,9 @@ def decode_tiles(
                         :, sy0 - py0 : sy1 - py0, sx0 - px0 : sx1 - px0
                     ]
             done += 1
-            report(progress, ProgressEvent("decode", min(done, total), max(total, 1), f"decoding tile row {r + 1}/{rows}"))
+            report(
+                progress, ProgressEvent("decode", min(done, total), max(total, 1), f"decoding tile row {r + 1}/{rows}")
+            )
         # a store row is final once every window that overlaps it has been decoded
         for ready in sorted(k for k in acc if k <= r - margin_rows):
             flush(ready)

@@ -83,15 +83,18 @@ def sample_layout(
         denoiser_class=ClassGuidedDenoiser,
     )
     conditions = np.full(latent_shape, condition, dtype=np.uint8)
-    state = sampler.run(sampler.initial_state(latent_shape), conditions, progress=_stage(progress, "mask"), cancel=cancel)
+    state = sampler.run(
+        sampler.initial_state(latent_shape), conditions, progress=_stage(progress, "mask"), cancel=cancel
+    )
     grey = np.zeros((3, latent_shape[0] * scale, latent_shape[1] * scale), np.float32)
 
     def write(y0: int, x0: int, rgb: np.ndarray) -> None:
         grey[:, y0 : y0 + rgb.shape[1], x0 : x0 + rgb.shape[2]] = rgb / 255.0
 
+    latent = state.latent.to(device)
     decode_tiles(
-        state.latent.to(device),
-        codec.decode,
+        latent,
+        codec.tile_decoder(latent),
         scale=scale,
         image_shape=grey.shape[1:],
         write=write,

@@ -1,10 +1,16 @@
-"""Randomness keyed by (seed, step, position).
+"""Randomness keyed by (seed, step, position), generated on any device.
 
 Every random number the sampler draws is a pure function of the seed, the sampling step
-and where it lands on the canvas, so a slide does not depend on the batch size, the
-device count, or where a run was interrupted and resumed. Gaussian noise is generated in
-fixed canvas-aligned tiles, each from its own counter-based seed; numbers are drawn on the
-CPU so that the same seed gives the same slide on any device.
+and where it lands on the canvas, so a slide depends on neither the batch size, nor the
+device, nor where a run was interrupted and resumed.
+
+Gaussian noise comes from a counter-based generator: each canvas position (y, x) is hashed
+with the step's key by a 32-bit integer hash (Wellons' "lowbias32" finaliser, in int32
+tensor arithmetic that wraps like uint32), every pair of channels gets one more hash of
+it, and each 16-bit half of that indexes a table of the 65536 quantiles of the standard
+normal distribution (a discretised normal, |z| <= 4.33). It is vectorised, runs on the
+tensors' own device, and only for the positions asked for (the cells being written); the
+numbers are integer arithmetic and a table look-up, so they are the same on every device.
 """
 
 from __future__ import annotations
@@ -12,10 +18,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-NOISE_TILE = 64
 INITIAL_STEP = -1  # the step key of the initial noise x_T
 
 _MASK64 = (1 << 64) - 1
+_M32 = 0xFFFFFFFF
+_M1, _M2 = 0x7FEB352D, 0x846CA68B  # lowbias32 multipliers
+_LEVELS = 1 << 16  # normal quantiles indexed by 16 bits
+_BAND = 64  # rows generated at once by normal_field (bounds temporary memory)
 
 
 def _splitmix64(x: int) -> int:
@@ -43,16 +52,107 @@ def grid_offset(seed: int, step: int, patch: int) -> tuple[int, int]:
     return oy, ox
 
 
-def normal_field(seed: int, step: int, channels: int, y0: int, y1: int, x0: int, x1: int) -> torch.Tensor:
+def _signed(value: int) -> int:
+    """A 32-bit word as the int32 with the same bits."""
+    value &= _M32
+    return value - (1 << 32) if value >= 1 << 31 else value
+
+
+_CONSTANTS: dict[torch.device, dict[int, torch.Tensor]] = {}
+
+
+def _constant(value: int, device: torch.device) -> torch.Tensor:
+    """A cached 0-d int32 tensor (a Python scalar would be converted on every operation)."""
+    table = _CONSTANTS.setdefault(device, {})
+    if value not in table:
+        table[value] = torch.tensor(_signed(value), dtype=torch.int32, device=device)
+    return table[value]
+
+
+def hash32(v: torch.Tensor, scratch: torch.Tensor | None = None) -> torch.Tensor:
+    """Wellons' lowbias32 integer hash, elementwise and in place on an int32 tensor (bits as uint32).
+
+    int32 multiplication wraps modulo 2**32 on CPU and CUDA, so this is uint32 arithmetic;
+    right shifts are made logical by masking off the copied sign bits. In-place operations
+    on one scratch buffer: fresh allocations would cost more than the arithmetic on a CPU.
+    """
+    t = torch.empty_like(v) if scratch is None else scratch
+    d = v.device
+    for shift, multiplier in ((16, _M1), (15, _M2), (16, None)):
+        torch.bitwise_right_shift(v, _constant(shift, d), out=t)
+        v.bitwise_xor_(t.bitwise_and_(_constant((1 << (32 - shift)) - 1, d)))
+        if multiplier is not None:
+            v.mul_(_constant(multiplier, d))
+    return v
+
+
+def hash32_reference(v: np.ndarray) -> np.ndarray:
+    """The same hash in numpy uint32 arithmetic (wrapping), for tests."""
+    v = v.astype(np.uint32)
+    with np.errstate(over="ignore"):
+        v ^= v >> np.uint32(16)
+        v *= np.uint32(_M1)
+        v ^= v >> np.uint32(15)
+        v *= np.uint32(_M2)
+        v ^= v >> np.uint32(16)
+    return v
+
+
+def step_keys(seed: int, step: int, channels: int) -> tuple[int, int, list[int]]:
+    """32-bit keys of a step: one for rows, one for columns, one per pair of channels."""
+    base = key(seed, 0x6E6F_6973, step)
+    words = [key(base, i) & _M32 for i in range(2 + -(-channels // 2))]
+    return words[0], words[1], words[2:]
+
+
+def position_hash(seed: int, step: int, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """(B, P, Q) int32 hash of the canvas positions rows (B, P) x cols (B, Q) at ``step``."""
+    row_key, col_key, _ = step_keys(seed, step, 0)
+    hy = hash32(rows.int().add_(_signed(row_key)))
+    hx = hash32(cols.int().bitwise_xor_(_signed(col_key))).mul_(0x9E37)  # asymmetric in y and x
+    return hash32(hy[:, :, None] ^ hx[:, None, :])
+
+
+_QUANTILES: dict[torch.device, torch.Tensor] = {}
+
+
+def normal_quantiles(device: torch.device | str = "cpu") -> torch.Tensor:
+    """The 65536 quantiles Phi^-1((i + 0.5) / 65536) of the standard normal, float32 (cached)."""
+    device = torch.device(device)
+    if device not in _QUANTILES:
+        levels = (torch.arange(_LEVELS, dtype=torch.float64) + 0.5) / _LEVELS
+        _QUANTILES[device] = torch.special.ndtri(levels).float().to(device)
+    return _QUANTILES[device]
+
+
+def normal_at(seed: int, step: int, channels: int, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """Standard normals at canvas positions rows (B, P) x cols (B, Q): a (channels, B, P, Q) tensor.
+
+    Channel-major (every later elementwise operation then runs on contiguous memory), on the
+    device of ``rows``; the value at (c, y, x) depends only on (seed, step, y, x, c).
+    """
+    _, _, words = step_keys(seed, step, channels)
+    h = position_hash(seed, step, rows, cols)
+    bits = h.expand(len(words), *h.shape).clone()  # (pairs, B, P, Q): one 32-bit word per channel pair
+    for i, word in enumerate(words):
+        bits[i].bitwise_xor_(_constant(word, h.device))
+    hash32(bits)
+    low = bits & _constant(0xFFFF, h.device)
+    high = bits.bitwise_right_shift_(_constant(16, h.device)).bitwise_and_(_constant(0xFFFF, h.device))
+    table = normal_quantiles(h.device)
+    index = torch.stack([low, high], dim=1).reshape(-1)  # channel 2j from the low half, 2j + 1 from the high
+    return table.index_select(0, index).view(2 * len(words), *h.shape)[:channels]
+
+
+def normal_field(
+    seed: int, step: int, channels: int, y0: int, y1: int, x0: int, x1: int, device: str | torch.device = "cpu"
+) -> torch.Tensor:
     """Standard normal noise of shape (channels, y1-y0, x1-x0) for canvas rows y0:y1, cols x0:x1."""
-    out = torch.empty(channels, y1 - y0, x1 - x0)
-    t = NOISE_TILE
-    for ty in range(y0 // t, -(-y1 // t)):
-        for tx in range(x0 // t, -(-x1 // t)):
-            tile = torch.randn(channels, t, t, generator=generator(seed, step, ty, tx))
-            ys, ye = max(y0, ty * t), min(y1, (ty + 1) * t)
-            xs, xe = max(x0, tx * t), min(x1, (tx + 1) * t)
-            out[:, ys - y0 : ye - y0, xs - x0 : xe - x0] = tile[:, ys - ty * t : ye - ty * t, xs - tx * t : xe - tx * t]
+    out = torch.empty(channels, y1 - y0, x1 - x0, device=device)
+    cols = torch.arange(x0, x1, device=device)[None]
+    for start in range(y0, y1, _BAND):
+        rows = torch.arange(start, min(start + _BAND, y1), device=device)[None]
+        out[:, start - y0 : start - y0 + rows.shape[1]] = normal_at(seed, step, channels, rows, cols)[:, 0]
     return out
 
 

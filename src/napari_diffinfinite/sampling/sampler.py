@@ -7,26 +7,39 @@ pixel is owned by exactly one patch and advances exactly one step per step. Offs
 noise are keyed by (seed, step, position) (see :mod:`.noise`), so the result does not
 depend on the batch size or on where a run was interrupted and resumed.
 
-Only the latent (two copies: the step's input and output) and the label mask at latent
-resolution are held in memory.
+The orchestration is built for a GPU: per step, the grid and the labels present in each
+patch are planned on the host once (one device-to-host copy); per batch, gathering the
+windows, the guidance, the noise of the written cells and writing the owned cells are a
+few batched tensor operations on the compute device, with no host synchronisation. Only
+the two latent buffers and the label map are held (see :mod:`.canvas`).
+
+Late steps get context: from ``late_context_from`` of the schedule on, the owned cells
+shrink to ``patch - 2 * late_context`` and sit in the middle of their windows, so the
+network sees around every pixel it writes. A cell denoised without context at low noise
+keeps a faint border that no later step can remove.
 """
 
 from __future__ import annotations
 
+import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import torch
 
 from ..progress import CancelToken, ProgressCallback, ProgressEvent, check, report
-from .grid import Patch, ideal_patches, step_patches
-from .guidance import GuidedDenoiser
-from .noise import INITIAL_STEP, grid_offset, normal_field
+from .canvas import LatentCanvas
+from .grid import Patch, StepGrid, ideal_patches, step_grid
+from .guidance import EvalPlan, GuidedDenoiser, label_presence
+from .noise import INITIAL_STEP, grid_offset, normal_at, normal_field
 from .schedule import Schedule
 
 PREVIEW_SIDE = 512
+LATE_CONTEXT_FROM = 0.6  # share of the schedule after which cells get context
+LATE_CONTEXT = 1 / 8  # context on each side of a late cell, as a share of the patch
+_PRESENCE_CHUNK = 256  # windows whose labels are looked at together when planning a step
 
 
 @dataclass
@@ -49,26 +62,46 @@ class SamplerStats:
         return float(np.mean(self.patches_per_step)) if self.patches_per_step else 0.0
 
 
-def auto_batch_size(unet: torch.nn.Module, patch: int, channels: int, device: torch.device, dtype: torch.dtype) -> int:
-    """Network evaluations per forward call that fit in free memory (CPU: a small fixed batch)."""
+def auto_batch_size(
+    unet: torch.nn.Module,
+    patch: int,
+    channels: int,
+    device: torch.device,
+    dtype: torch.dtype,
+    *,
+    channels_last: bool = False,
+    share: float = 0.5,
+) -> int:
+    """Network evaluations per forward call that fit in ``share`` of free memory (CPU: 16).
+
+    The probe runs the network as the sampler will (autocast ``dtype``, channels-last);
+    on CUDA the result is rounded down to a multiple of 8, the shape tensor cores and
+    static-shape (CUDA graph) batches want.
+    """
     if device.type != "cuda" or not hasattr(unet, "set_attention_reduction"):
         return 16
     free, _total = torch.cuda.mem_get_info(device)
     torch.cuda.reset_peak_memory_stats(device)
     base = torch.cuda.memory_allocated(device)
     probe = 2
+    x = torch.zeros(probe, channels, patch, patch, device=device)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
     with torch.no_grad(), torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):
-        unet(
-            torch.zeros(probe, channels, patch, patch, device=device),
-            torch.zeros(probe, dtype=torch.long, device=device),
-            torch.ones(probe, 1, patch, patch, device=device),
-        )
+        unet(x, torch.zeros(probe, dtype=torch.long, device=device), torch.ones(probe, 1, patch, patch, device=device))
     per_eval = max(1, (torch.cuda.max_memory_allocated(device) - base) // probe)
-    return int(max(1, min(512, 0.6 * free // per_eval)))
+    fit = int(min(512, share * free // per_eval))
+    return max(1, fit // 8 * 8 if fit >= 8 else fit)
 
 
 class RandomPatchSampler:
-    """Parallel random-patch DDIM sampler over a latent of any size (>= one patch)."""
+    """Parallel random-patch DDIM sampler over a latent of any size (>= one patch).
+
+    ``channels_last`` (default: on CUDA) and ``compile`` (``torch.compile``, opt-in) speed up
+    the network; ``static_shapes`` (default: with ``compile`` on CUDA) pads every network
+    call to the batch size. ``late_context`` latent pixels of context (default patch / 8)
+    are given to the cells of the steps from ``late_context_from`` of the schedule on.
+    """
 
     def __init__(
         self,
@@ -85,14 +118,29 @@ class RandomPatchSampler:
         dtype: torch.dtype = torch.float32,
         timesteps: int = 1000,
         denoiser_class: type[GuidedDenoiser] = GuidedDenoiser,
+        channels_last: bool | None = None,
+        compile: bool = False,
+        static_shapes: bool | None = None,
+        late_context: int | None = None,
+        late_context_from: float = LATE_CONTEXT_FROM,
     ) -> None:
         self.unet = unet
         self.channels, self.patch, self.seed = channels, patch, seed
         self.schedule = Schedule(steps, eta, timesteps)
         self.device = torch.device(device)
+        on_cuda = self.device.type == "cuda"
+        channels_last = on_cuda if channels_last is None else channels_last
+        static_shapes = (compile and on_cuda) if static_shapes is None else static_shapes
         if batch_size is None:
-            batch_size = auto_batch_size(unet, patch, channels, self.device, dtype)
-        self.denoiser = denoiser_class(unet, omega, batch_size, self.device, dtype)
+            batch_size = auto_batch_size(unet, patch, channels, self.device, dtype, channels_last=channels_last)
+        self.denoiser = denoiser_class(
+            unet, omega, batch_size, self.device, dtype,
+            channels_last=channels_last, compile=compile, static_shapes=static_shapes,
+        )  # fmt: skip
+        self.late_context = max(0, round(patch * LATE_CONTEXT)) if late_context is None else late_context
+        if not 0 <= 2 * self.late_context < patch:
+            raise ValueError(f"late_context {self.late_context} leaves no cell inside a patch of {patch}")
+        self.late_context_from = late_context_from
         self.stats = SamplerStats()
 
     @property
@@ -103,14 +151,44 @@ class RandomPatchSampler:
     def batch_size(self) -> int:
         return self.denoiser.max_batch
 
+    def context(self, step: int) -> int:
+        """Latent pixels of context around the cells of ``step`` (0: cells fill their windows)."""
+        return self.late_context if step >= math.ceil(self.late_context_from * self.steps) else 0
+
     def initial_state(self, shape: tuple[int, int]) -> SamplerState:
         """Keyed Gaussian noise x_T over a latent of ``shape`` (h, w)."""
         if min(shape) < self.patch:
             raise ValueError(f"latent {shape} is smaller than one patch ({self.patch}); pad it first")
-        return SamplerState(normal_field(self.seed, INITIAL_STEP, self.channels, 0, shape[0], 0, shape[1]), 0)
+        noise = normal_field(self.seed, INITIAL_STEP, self.channels, 0, shape[0], 0, shape[1], device=self.device)
+        return SamplerState(noise.cpu(), 0)
+
+    def grid(self, shape: tuple[int, int], step: int) -> StepGrid:
+        return step_grid(shape, self.patch, grid_offset(self.seed, step, self.patch), self.context(step))
 
     def patches(self, shape: tuple[int, int], step: int) -> list[Patch]:
-        return step_patches(shape, self.patch, grid_offset(self.seed, step, self.patch))
+        return self.grid(shape, step).patches()
+
+    def _plan_step(self, canvas: LatentCanvas, windows: torch.Tensor, num_labels: int) -> EvalPlan:
+        """The step's network evaluations, from the labels present in every window (one sync)."""
+        ar = torch.arange(self.patch, device=self.device)
+        present = []
+        for start in range(0, windows.shape[1], _PRESENCE_CHUNK):
+            wy, wx = windows[0, start : start + _PRESENCE_CHUNK], windows[1, start : start + _PRESENCE_CHUNK]
+            labels = canvas.gather_labels(canvas.window_index(wy[:, None] + ar, wx[:, None] + ar))
+            present.append(label_presence(labels, num_labels))
+        return self.denoiser.plan(torch.cat(present).cpu().numpy()).to(self.device)
+
+    def _batches(self, plan: EvalPlan) -> list[tuple[int, int]]:
+        """Consecutive patch ranges whose evaluations fit in one network batch (>= one patch)."""
+        spans, start, limit = [], 0, self.denoiser.max_batch
+        first = plan.first_row
+        n = len(first) - 1
+        while start < n:
+            end = int(np.searchsorted(first, first[start] + limit, side="right")) - 1
+            end = min(max(end, start + 1), n)
+            spans.append((start, end))
+            start = end
+        return spans
 
     @torch.no_grad()
     def run(
@@ -136,71 +214,86 @@ class RandomPatchSampler:
         shape = tuple(state.latent.shape[-2:])
         if labels.shape != shape:
             raise ValueError(f"label mask {labels.shape} does not match the latent {shape}")
-        x = state.latent.to(self.device, torch.float32)
-        label_map = torch.from_numpy(np.ascontiguousarray(labels)).to(self.device)
+        canvas = LatentCanvas(state.latent.float(), np.ascontiguousarray(labels, np.uint8), self.device)
+        num_labels = int(labels.max()) + 1 if labels.size else 1
         self.stats.ideal_patches_per_step = ideal_patches(shape, self.patch)
         stride = max(1, -(-max(shape) // PREVIEW_SIDE))
-        x0_preview = torch.zeros(self.channels, -(-shape[0] // stride), -(-shape[1] // stride), device=self.device)
+        x0_preview = None
+        if preview is not None:
+            x0_preview = torch.zeros(
+                self.channels, -(-shape[0] // stride) * -(-shape[1] // stride) + 1, device=self.device
+            )
         last_checkpoint = time.monotonic()
         steps = self.steps
-        group = max(1, self.denoiser.max_batch)
+        ar = torch.arange(self.patch, device=self.device)
 
         end = steps if stop_at is None else min(stop_at, steps)
         for k in range(state.step, end):
             started = time.perf_counter()
             ddim = self.schedule[k]
-            patches = self.patches(shape, k)
-            noise = None
-            if not ddim.final and ddim.sigma:
-                noise = normal_field(self.seed, k, self.channels, 0, shape[0], 0, shape[1]).to(self.device)
-            x_next = torch.empty_like(x)
-            for start in range(0, len(patches), group):
+            grid = self.grid(shape, k)
+            geometry = np.stack([grid.window_y, grid.window_x, grid.own_y0, grid.own_y1, grid.own_x0, grid.own_x1])
+            windows = torch.from_numpy(geometry).to(self.device)
+            plan = self._plan_step(canvas, windows, num_labels)
+            noisy = not ddim.final and ddim.sigma
+            spans = self._batches(plan)
+            for p0, p1 in spans:
                 try:
                     check(cancel)
                 except BaseException:
                     if checkpoint is not None:
-                        checkpoint(SamplerState(x.cpu(), k))
+                        checkpoint(SamplerState(canvas.latent(), k))
                     raise
-                batch = patches[start : start + group]
-                xs = torch.stack([x[(slice(None), *p.window)] for p in batch])
-                ls = torch.stack([label_map[p.window] for p in batch])
-                eps = self.denoiser(xs, ddim.t, ls)
+                wy, wx, oy0, oy1, ox0, ox1 = windows[:, p0:p1]
+                rows, cols = wy[:, None] + ar, wx[:, None] + ar  # (b, P) absolute positions
+                index = canvas.window_index(rows, cols)
+                xs = canvas.gather(index)  # (C, b, P, P)
+                ls = canvas.gather_labels(index)
+                eps = self.denoiser(xs.transpose(0, 1), ddim.t, ls, plan.span(p0, p1)).transpose(0, 1)
                 x0 = ddim.predict_x0(xs, eps)
-                for i, p in enumerate(batch):
-                    ry, rx = p.own_slices
-                    own = (slice(None), slice(p.own_y0, p.own_y1), slice(p.own_x0, p.own_x1))
-                    x_next[own] = ddim.update(x0[i][:, ry, rx], eps[i][:, ry, rx], None if noise is None else noise[own])
-                    self._preview_write(x0_preview, x0[i][:, ry, rx], p, stride)
+                owned = ((rows >= oy0[:, None]) & (rows < oy1[:, None]))[:, :, None] & (
+                    (cols >= ox0[:, None]) & (cols < ox1[:, None])
+                )[:, None, :]
+                if x0_preview is not None:
+                    self._preview_write(x0_preview, x0, rows, cols, owned, stride, shape)
+                noise = normal_at(self.seed, k, self.channels, rows, cols) if noisy else None
+                canvas.scatter(index, owned, ddim.update(x0, eps, noise, inplace=True))
                 report(
                     progress,
                     ProgressEvent(
                         "sample",
-                        k * 1000 + (1000 * (start + len(batch))) // len(patches),
+                        k * 1000 + (1000 * p1) // len(grid),
                         steps * 1000,
-                        f"step {k + 1}/{steps}, patch {start + len(batch)}/{len(patches)}",
+                        f"step {k + 1}/{steps}, patch {p1}/{len(grid)}",
                     ),
                 )
-            x = x_next
-            self.stats.patches_per_step.append(len(patches))
+            canvas.swap()
+            self.stats.patches_per_step.append(len(grid))
             self.stats.seconds_per_step.append(time.perf_counter() - started)
             if preview is not None:
-                report(
-                    progress,
-                    ProgressEvent("sample", (k + 1) * 1000, steps * 1000, f"step {k + 1}/{steps}", preview(x0_preview)),
-                )
+                ph, pw = -(-shape[0] // stride), -(-shape[1] // stride)
+                image = preview(x0_preview[:, :-1].reshape(self.channels, ph, pw))
+                report(progress, ProgressEvent("sample", (k + 1) * 1000, steps * 1000, f"step {k + 1}/{steps}", image))
             now = time.monotonic()
             if checkpoint is not None and (k + 1 == steps or now - last_checkpoint >= checkpoint_every_s):
-                checkpoint(SamplerState(x.cpu(), k + 1))
+                checkpoint(SamplerState(canvas.latent(), k + 1))
                 last_checkpoint = now
         self.stats.network_evals = self.denoiser.count.network
-        return SamplerState(x.cpu(), end)
+        return SamplerState(canvas.latent(), end)
 
     @staticmethod
-    def _preview_write(buffer: torch.Tensor, x0: torch.Tensor, p: Patch, stride: int) -> None:
-        """Copy every ``stride``-th pixel of the owned cell's x0 into the preview buffer."""
-        y_first = -(-p.own_y0 // stride) * stride
-        x_first = -(-p.own_x0 // stride) * stride
-        if y_first >= p.own_y1 or x_first >= p.own_x1:
-            return
-        src = x0[:, y_first - p.own_y0 :: stride, x_first - p.own_x0 :: stride]
-        buffer[:, y_first // stride : y_first // stride + src.shape[1], x_first // stride : x_first // stride + src.shape[2]] = src
+    def _preview_write(
+        buffer: torch.Tensor,
+        x0: torch.Tensor,
+        rows: torch.Tensor,
+        cols: torch.Tensor,
+        owned: torch.Tensor,
+        stride: int,
+        shape: tuple[int, int],
+    ) -> None:
+        """Write every ``stride``-th owned pixel of x0 (C, b, P, P) into the flat preview buffer."""
+        on_grid = ((rows % stride) == 0)[:, :, None] & ((cols % stride) == 0)[:, None, :] & owned
+        width = -(-shape[1] // stride)
+        target = (rows // stride)[:, :, None] * width + (cols // stride)[:, None, :]
+        target = torch.where(on_grid, target, buffer.shape[1] - 1).reshape(1, -1)
+        buffer.scatter_(1, target.expand(buffer.shape[0], -1), x0.reshape(buffer.shape[0], -1))

@@ -49,15 +49,23 @@ class DDIMStep:
         return self.t_next < 0
 
     def predict_x0(self, x_t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        return (self.sqrt_recip_ac * x_t - self.sqrt_recipm1_ac * eps).clamp_(-1.0, 1.0)
+        out = x_t * self.sqrt_recip_ac
+        out -= eps * self.sqrt_recipm1_ac
+        return out.clamp_(-1.0, 1.0)
 
-    def update(self, x0: torch.Tensor, eps: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
-        """x_{t_next} from the clipped x0 and the (guided) noise prediction."""
+    def update(
+        self, x0: torch.Tensor, eps: torch.Tensor, noise: torch.Tensor | None, *, inplace: bool = False
+    ) -> torch.Tensor:
+        """x_{t_next} from the clipped x0 and the (guided) noise prediction.
+
+        ``inplace``: ``x0`` and ``noise`` may be overwritten (saves two allocations per batch).
+        """
         if self.final:
             return x0
-        out = x0 * self.sqrt_ac_next + self.c * eps
+        out = x0.mul_(self.sqrt_ac_next) if inplace else x0 * self.sqrt_ac_next
+        out += self.c * eps
         if self.sigma and noise is not None:
-            out = out + self.sigma * noise
+            out += noise.mul_(self.sigma) if inplace else self.sigma * noise
         return out
 
 
@@ -83,7 +91,9 @@ class Schedule:
             else:
                 sigma = c = sqrt_next = torch.tensor(0.0)
             self._steps.append(
-                DDIMStep(t, t_next, float(sqrt_recip[t]), float(sqrt_recipm1[t]), float(sqrt_next), float(c), float(sigma))
+                DDIMStep(
+                    t, t_next, float(sqrt_recip[t]), float(sqrt_recipm1[t]), float(sqrt_next), float(c), float(sigma)
+                )
             )
 
     def __len__(self) -> int:

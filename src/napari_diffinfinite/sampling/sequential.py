@@ -59,7 +59,7 @@ class SequentialPatchSampler:
     def run(self, labels: np.ndarray, max_steps: int | None = None) -> torch.Tensor:
         """Sample a latent for ``labels`` (h, w); stop after ``max_steps`` full steps if given."""
         h, w = labels.shape
-        p, half = self.patch, self.patch // 2
+        half = self.patch // 2
         steps = len(self.schedule) if max_steps is None else min(max_steps, len(self.schedule))
         x = normal_field(self.seed, INITIAL_STEP, self.channels, 0, h, 0, w).to(self.device)
         label_map = torch.from_numpy(np.ascontiguousarray(labels)).to(self.device)
@@ -80,7 +80,9 @@ class SequentialPatchSampler:
             xs = x[(slice(None), *window)][None]
             eps = self._eps(xs, ddim.t, label_map[window])
             x0 = ddim.predict_x0(xs, eps)
-            noise = torch.randn(xs.shape, generator=torch.Generator().manual_seed(int(rng.integers(2**62)))).to(self.device)
+            noise = torch.randn(xs.shape, generator=torch.Generator().manual_seed(int(rng.integers(2**62)))).to(
+                self.device
+            )
             updated = ddim.update(x0, eps, noise)[0]
             advance = torch.from_numpy(sub_times == t_index).to(self.device)
             x[(slice(None), *window)] = torch.where(advance[None], updated, xs[0])

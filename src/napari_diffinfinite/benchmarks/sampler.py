@@ -23,11 +23,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from .model.config import ModelConfig, UNetConfig, default_class_colors, default_class_names
-from .model.pretrained import new_model
-from .sampling.grid import ideal_patches
-from .sampling.sampler import RandomPatchSampler
-from .sampling.sequential import SequentialPatchSampler
+from ..model.config import ModelConfig, UNetConfig, default_class_colors, default_class_names
+from ..model.pretrained import new_model
+from ..sampling.grid import ideal_patches
+from ..sampling.sampler import RandomPatchSampler
+from ..sampling.sequential import SequentialPatchSampler
 
 
 def bench_model_config(dim: int, num_classes: int = 5) -> ModelConfig:
@@ -64,7 +64,9 @@ def _run_size(size: int, dim: int, steps: int, sequential: bool, device: str, dt
     )  # fmt: skip
     state = sampler.initial_state(latent)
     # warm-up on one patch so one-time costs (allocations, kernel selection) are not timed
-    sampler.denoiser(state.latent[None, :, :patch, :patch].to(device), 999, torch.from_numpy(labels[:patch, :patch])[None].to(device))
+    sampler.denoiser(
+        state.latent[None, :, :patch, :patch].to(device), 999, torch.from_numpy(labels[:patch, :patch])[None].to(device)
+    )
     sampler.denoiser.count.network = sampler.denoiser.count.patches = 0
     started = time.perf_counter()
     sampler.run(state, labels, stop_at=steps)
@@ -124,7 +126,9 @@ def run_benchmark(
     results = []
     for size in sizes:
         queue = ctx.Queue()
-        proc = ctx.Process(target=_worker, args=(queue, size, dim, steps, size in sequential_sizes, device, dtype, batch_size))
+        proc = ctx.Process(
+            target=_worker, args=(queue, size, dim, steps, size in sequential_sizes, device, dtype, batch_size)
+        )
         proc.start()
         result = queue.get()
         proc.join()

@@ -1,0 +1,78 @@
+"""Seam check of the README's demo slide: folded-gradient seam ratio per axis.
+
+Generates the demo slide (embedded demo models, seed 0, the model's 25 steps, 2048 x 2048)
+with ``diffinfinite generate`` in this process, then scores level 0 of the store with
+:func:`napari_diffinfinite.evaluation.seams.seam_scores` at the 128 px patch period: the
+mean absolute luminance gradient folded modulo the period, max / median per axis. Target
+(issue 10): at most 1.03 on both axes. Prints one JSON object.
+
+    nice -n 10 env OMP_NUM_THREADS=1 python benchmarks/seams_demo.py --out /tmp/demo.zarr
+    python benchmarks/seams_demo.py --out /tmp/demo.zarr --score-only        # re-score a store
+    python benchmarks/seams_demo.py --out /tmp/d.zarr --late-context 0       # without late context
+
+``--late-context`` (latent px, -1 = the sampler's default) and ``--late-context-from``
+(share of the schedule) override the sampler's late-step context, to measure its effect.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import numpy as np
+import zarr
+
+from napari_diffinfinite import cli
+from napari_diffinfinite.evaluation.seams import seam_scores
+from napari_diffinfinite.sampling import sampler as sampler_module
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", required=True)
+    p.add_argument("--size", default="2048x2048")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--score-only", action="store_true")
+    p.add_argument("--late-context", type=int, default=-1)
+    p.add_argument("--late-context-from", type=float)
+    args = p.parse_args()
+    if args.late_context >= 0 or args.late_context_from is not None:
+        original = sampler_module.RandomPatchSampler.__init__
+
+        def patched(self, *a, **kw):
+            if args.late_context >= 0:
+                kw["late_context"] = args.late_context
+            if args.late_context_from is not None:
+                kw["late_context_from"] = args.late_context_from
+            original(self, *a, **kw)
+
+        sampler_module.RandomPatchSampler.__init__ = patched
+    seconds = None
+    if not args.score_only:
+        started = time.perf_counter()
+        argv = ["generate", "--out", args.out, "--size", args.size, "--seed", str(args.seed), "--overwrite", "-q"]
+        if cli.main(argv) != 0:
+            raise SystemExit("generate failed")
+        seconds = time.perf_counter() - started
+    image = np.asarray(zarr.open_group(args.out, mode="r")["0"])  # (3, H, W) uint8
+    scores = seam_scores(np.moveaxis(image, 0, -1), periods=(128,))[128]
+    result = {
+        "store": args.out,
+        "size": args.size,
+        "seed": args.seed,
+        "late_context": args.late_context,
+        "late_context_from": args.late_context_from,
+        "seconds": seconds,
+        "threads": os.environ.get("OMP_NUM_THREADS"),
+        "seam_x": scores.x.score,
+        "seam_x_phase": scores.x.phase,
+        "seam_y": scores.y.score,
+        "seam_y_phase": scores.y.phase,
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

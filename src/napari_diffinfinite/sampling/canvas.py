@@ -1,0 +1,77 @@
+"""The latent canvas of a sampling run: two latent buffers and the label map, flat.
+
+A step reads windows from one buffer and writes owned cells into the other, so all
+patches of a step see the same neighbourhood. Both buffers are (C, H*W + 1): the extra
+last column is a write-only "discard" slot, so that writing a batch of windows of which
+only the owned cells count is one scatter (pixels outside their cell are sent to the
+discard slot) instead of one slice assignment per patch; gathering windows is one index
+selection. Neither needs a host synchronisation.
+
+The buffers live on the compute device when they fit there, else in pinned host memory,
+streamed to and from the device batch by batch.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def _fits_on(device: torch.device, nbytes: int, share: float = 0.25) -> bool:
+    if device.type != "cuda":
+        return True
+    free, _total = torch.cuda.mem_get_info(device)
+    return nbytes <= share * free
+
+
+class LatentCanvas:
+    """Two (C, H*W + 1) latent buffers and the (H*W + 1,) label map, on ``storage``."""
+
+    def __init__(self, latent: torch.Tensor, labels: np.ndarray, device: torch.device) -> None:
+        channels, height, width = latent.shape
+        self.shape = (height, width)
+        self.channels = channels
+        self.device = device
+        self.discard = height * width
+        nbytes = 2 * channels * (height * width + 1) * 4
+        self.storage = device if _fits_on(device, nbytes) else torch.device("cpu")
+        pin = self.storage.type == "cpu" and device.type == "cuda"
+        self.current = torch.empty(channels, height * width + 1, device=self.storage, pin_memory=pin)
+        self.current[:, :-1].copy_(latent.reshape(channels, -1))
+        self.current[:, -1] = 0
+        self.next = torch.empty_like(self.current, pin_memory=pin) if pin else torch.empty_like(self.current)
+        flat = np.zeros(height * width + 1, np.uint8)
+        flat[:-1] = labels.reshape(-1)
+        self.labels = torch.from_numpy(flat).to(self.storage)
+
+    @property
+    def streamed(self) -> bool:
+        """True when the buffers are on the host and the compute device is not."""
+        return self.storage != self.device
+
+    def window_index(self, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        """(B, P, Q) flat canvas positions of windows spanning rows (B, P) x cols (B, Q)."""
+        return rows[:, :, None] * self.shape[1] + cols[:, None, :]
+
+    def gather(self, index: torch.Tensor) -> torch.Tensor:
+        """(C, B, P, Q) latent values at (B, P, Q) flat positions, on the compute device."""
+        flat = index.reshape(-1).to(self.storage)
+        values = self.current.index_select(1, flat).view(self.channels, *index.shape)
+        return values.to(self.device, non_blocking=True)
+
+    def gather_labels(self, index: torch.Tensor) -> torch.Tensor:
+        """(B, P, Q) uint8 labels at flat positions, on the compute device."""
+        return self.labels.index_select(0, index.reshape(-1).to(self.storage)).view(index.shape).to(self.device)
+
+    def scatter(self, index: torch.Tensor, owned: torch.Tensor, values: torch.Tensor) -> None:
+        """Write (C, B, P, Q) ``values`` at ``index`` where ``owned`` into the next buffer."""
+        target = torch.where(owned, index, self.discard).reshape(1, -1).to(self.storage)
+        self.next.scatter_(1, target.expand(self.channels, -1), values.reshape(self.channels, -1).to(self.storage))
+
+    def swap(self) -> None:
+        """The written buffer becomes the one read (at the end of a step)."""
+        self.current, self.next = self.next, self.current
+
+    def latent(self) -> torch.Tensor:
+        """The current latent as a (C, H, W) float32 CPU tensor (a copy)."""
+        return self.current[:, :-1].reshape(self.channels, *self.shape).to("cpu", copy=True)
