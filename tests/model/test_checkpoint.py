@@ -214,3 +214,27 @@ def test_fallback_refuses_what_inspection_refuses(tmp_path):
 def test_official_mask_checkpoint_with_ten_labels(official_mask_checkpoint):
     model = load_model(official_mask_checkpoint, num_labels=10)
     assert model.config.num_labels == 10 and len(model.config.class_colors) == 10
+
+
+def test_tensor_with_attributes_loads_as_plain_weights(tmp_path):
+    """torch.save pickles a tensor with Python attributes through _rebuild_from_type_v2(..., torch.Tensor, ...)."""
+    model = new_model(tiny_image_config(codec="sd2-vae"), seed=2)
+    data = official_checkpoint_dict(model, with_scheduler_object=False)
+    data["ema"]["ema_model.model.final_conv.bias"].note = "tagged"
+    path = tmp_path / "model-5.pt"
+    torch.save(data, path)
+    loaded = load_model(path)
+    assert torch.equal(loaded.unet.final_conv.bias, model.unet.final_conv.bias)
+
+
+def test_tensor_class_as_constructor_is_refused(tmp_path):
+    class Alloc:
+        def __reduce__(self):
+            return (torch.Tensor, (10**10,))
+
+    data = official_checkpoint_dict(new_model(tiny_image_config(codec="sd2-vae")), with_scheduler_object=False)
+    data["loss"] = Alloc()
+    path = tmp_path / "model-6.pt"
+    torch.save(data, path)
+    with pytest.raises(CheckpointError, match="refusing to load .* legacy constructor torch.Tensor"):
+        load_model(path)

@@ -36,7 +36,7 @@ from .config import (
 from .safetensors_file import read_header, read_tensors
 from .torch_file import MALFORMED_ERRORS
 from .unet import ImageUNet, MaskUNet, build_unet
-from .weights import build_network, check_shapes, expected_shapes
+from .weights import architecture_name, build_network, check_shapes, expected_shapes
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -180,10 +180,8 @@ def _load_folder(folder: Path) -> DiffusionModel:
             )
     config = ModelConfig.load(config_path)
     header = read_header(weights_path)
-    architecture = f"{'ImageUNet' if config.kind == 'image' else 'MaskUNet'}"
-    check_shapes(
-        expected_shapes(config.kind, config.unet), {k: e.shape for k, e in header.items()}, weights_path, architecture
-    )
+    found = {k: e.shape for k, e in header.items()}
+    check_shapes(expected_shapes(config.kind, config.unet), found, weights_path, architecture_name(config.kind))
     state = read_tensors(weights_path, header)
     unet = build_network(config.kind, config.unet, state, weights_path)
     return DiffusionModel(config=config, unet=unet, sha256=sha256_file(weights_path), source=str(folder))

@@ -281,7 +281,18 @@ def _from_type(func, new_type, args, state):
     return func(*args)
 
 
+class _TensorType:
+    """``torch.Tensor`` as an argument of ``_rebuild_from_type_v2``; called as a constructor, it refuses."""
+
+    def __call__(self, *args: Any) -> None:
+        raise _Refused("a call of the legacy constructor torch.Tensor(...), which allocates what the file asks for")
+
+    def __repr__(self) -> str:
+        return "torch.Tensor"
+
+
 _PASS_THROUGH: dict[tuple[str, str], Any] = {
+    ("torch", "Tensor"): _TensorType(),
     ("torch._utils", "_rebuild_parameter"): _parameter,
     ("torch._utils", "_rebuild_parameter_with_state"): _parameter,
     ("torch.nn.parameter", "Parameter"): _ParameterClass,

@@ -3,7 +3,7 @@
 The network is first built on the ``meta`` device (no memory): its keys and shapes are what
 the weights must match, so a file is refused before a single real parameter is allocated. The
 weights actually used must be floating-point, finite, contiguous and stored apart from each
-other; then the network is allocated without random initialisation and filled from them.
+other; then the meta network takes float32 copies of them (no random initialisation).
 Together with the caps of :meth:`ModelConfig.validate`, the network built can never be larger
 than the weights the file really holds.
 """
@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from ..errors import CheckpointError
 from .config import UNetConfig
@@ -25,11 +26,37 @@ WEIGHT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 Shapes = Mapping[str, tuple[int, ...]]
 
 
+_INIT_FUNCTIONS = {
+    getattr(torch.nn.init, name) for name in dir(torch.nn.init) if name.endswith("_") and not name.startswith("_")
+} | {torch.Tensor.normal_, torch.Tensor.uniform_}
+
+
+class _SkipInit(TorchFunctionMode):
+    """Skips random initialisation while a network is built on the meta device.
+
+    The values are overwritten by the checkpoint anyway, and ``normal_``/``randn`` on meta
+    tensors go through Python decompositions whose first use imports ``torch._dynamo`` and
+    ``sympy`` (seconds). A
+    function mode is thread-local, so networks built in other threads are unaffected.
+    """
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in _INIT_FUNCTIONS:
+            return args[0] if args else kwargs["tensor"]
+        if func in (torch.randn, torch.rand):  # likewise (sympy) for random factories: an empty tensor will do
+            func = torch.empty
+        return func(*args, **(kwargs or {}))
+
+
+def meta_network(kind: str, unet: UNetConfig) -> nn.Module:
+    """The network of ``kind``/``unet`` on the meta device: shapes only, no memory, no initialisation."""
+    with torch.device("meta"), _SkipInit():
+        return build_unet(kind, unet)
+
+
 def expected_shapes(kind: str, unet: UNetConfig) -> dict[str, tuple[int, ...]]:
     """Every key of the network's state dict and its shape, without allocating the network."""
-    with torch.device("meta"):
-        network = build_unet(kind, unet)
-    return {key: tuple(value.shape) for key, value in network.state_dict().items()}
+    return {key: tuple(value.shape) for key, value in meta_network(kind, unet).state_dict().items()}
 
 
 def check_shapes(expected: Shapes, found: Shapes, path: str | Path, architecture: str) -> None:
@@ -84,17 +111,21 @@ def check_tensors(state: Mapping[str, torch.Tensor], path: str | Path) -> None:
         raise CheckpointError(f"{path}: weight {bad} holds NaN or infinite values; the model would produce garbage")
 
 
+def architecture_name(kind: str) -> str:
+    return "ImageUNet" if kind == "image" else "MaskUNet"
+
+
 def build_network(kind: str, unet: UNetConfig, state: Mapping[str, torch.Tensor], path: str | Path) -> nn.Module:
     """The network of ``kind``/``unet`` holding ``state`` (checked first), in float32, in eval mode."""
-    architecture = f"{'ImageUNet' if kind == 'image' else 'MaskUNet'}"
-    check_shapes(expected_shapes(kind, unet), {k: tuple(v.shape) for k, v in state.items()}, path, architecture)
+    network = meta_network(kind, unet)
+    expected = {key: tuple(value.shape) for key, value in network.state_dict().items()}
+    check_shapes(expected, {k: tuple(v.shape) for k, v in state.items()}, path, architecture_name(kind))
     check_tensors(state, path)
-    with torch.device("meta"):
-        network = build_unet(kind, unet)
-    if set(dict(network.named_buffers())) | set(dict(network.named_parameters())) != set(network.state_dict()):
-        network = build_unet(kind, unet)  # a non-persistent buffer would stay uninitialised: build for real
+    # float32 copies the network owns (the file's tensors may be a memory map of it)
+    weights = {k: v.to(torch.float32, copy=True) for k, v in state.items()}
+    if set(dict(network.named_buffers())) | set(dict(network.named_parameters())) != set(expected):
+        network = build_unet(kind, unet)  # a non-persistent buffer would stay on meta: build for real
+        network.load_state_dict(weights, strict=True)
     else:
-        network = network.to_empty(device="cpu")
-    with torch.no_grad():
-        network.load_state_dict({k: v.to(torch.float32) for k, v in state.items()}, strict=True)
+        network.load_state_dict(weights, strict=True, assign=True)  # meta tensors replaced, nothing initialised
     return network.eval()
