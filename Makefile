@@ -23,6 +23,9 @@ $(VENV)/.core: pyproject.toml | $(BIN)/python
 
 $(VENV)/.all: pyproject.toml | $(BIN)/python
 	$(PIP) install --quiet -c $(CONSTRAINTS) -e ".[all]"
+	# torch-fidelity's Inception-v3 (used by `diffinfinite evaluate`) works without torchvision, but its
+	# metadata requires torchvision, whose PyPI build does not import beside this torch: install it alone.
+	$(PIP) install --quiet --no-deps "torch-fidelity==0.4.0"
 	touch $@ $(VENV)/.core
 
 setup: $(VENV)/.core
