@@ -509,8 +509,7 @@ def read_torch_file(path: str | Path) -> Any:
             _scan_opcodes(data)
             _Unpickler(data, path, records, "inspect").load()
             try:
-                with torch.serialization.safe_globals(STAND_INS):
-                    result = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+                result = _load_weights_only(path)
             except pickle.UnpicklingError:
                 # a global outside the narrow stand-in set, inspected as inert: the inert loader reads it
                 result = _Unpickler(data, path, records, "load").load()
@@ -526,6 +525,14 @@ def read_torch_file(path: str | Path) -> Any:
             f"{path} is not a readable PyTorch checkpoint (truncated or corrupt? {type(exc).__name__}: "
             f"{_short(exc)}). Download it again and compare its size and SHA-256 with the source."
         ) from None
+
+
+def _load_weights_only(path: Path) -> Any:
+    """``torch.load(weights_only=True)`` with the inert :data:`STAND_INS` allowed (memory-mapped, on the CPU)."""
+    if not hasattr(torch.serialization, "safe_globals"):  # torch < 2.5: the inert loader does it all
+        raise pickle.UnpicklingError("this torch has no safe_globals")
+    with torch.serialization.safe_globals(STAND_INS):
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
 
 
 def _scan_opcodes(data: bytes) -> None:
