@@ -148,6 +148,11 @@ def test_bad_output_paths(tmp_path, tiny_image_model_dir, inputs, capsys):
     base = ["generate", "--label", "1", "--model", str(tiny_image_model_dir), "-q"]
     _expect_error(capsys, [*base, "--out", str(out)], 1, "does not exist", "create it first", out=out.parent)
     _expect_error(capsys, [*base, "--out", str(inputs / "afile.zarr")], 1, "is a file")
+    user = tmp_path / "thesis"
+    user.mkdir()
+    (user / "thesis.tex").write_text("years of work")
+    _expect_error(capsys, [*base, "--out", str(user), "--overwrite"], 1, "refusing to overwrite")
+    assert (user / "thesis.tex").read_text() == "years of work"
     _expect_error(capsys, [*base, "--out", str(tmp_path / "n.zarr"), "--resume"], 1, "nothing to resume", "--size",
                   out=tmp_path / "n.zarr")  # fmt: skip
 

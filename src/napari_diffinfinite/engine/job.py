@@ -73,8 +73,15 @@ def resume_slide(path: str | Path) -> ResumePoint:
     Raises StoreError if it is not a store this tool wrote or its state is missing/damaged.
     """
     store = SlideStore.open(path, mode="r+")
-    provenance = store.provenance
-    canvas = store.load_canvas()
+    try:
+        return _read_resume_point(store)
+    except BaseException:
+        store.close()
+        raise
+
+
+def _read_resume_point(store: SlideStore) -> ResumePoint:
+    path, provenance, canvas = store.path, store.provenance, store.load_canvas()
     if provenance.get("complete"):
         return ResumePoint(store, tuple(store.shape), provenance, canvas, None, -1, -1, True)
     loaded = store.load_state()
@@ -206,10 +213,22 @@ def run_generate(
     point = resume_slide(out) if request.resume and out.exists() else None
     if request.resume and point is None:
         log.info("%s does not exist yet; starting a new slide", out)
+    try:
+        return _generate(request, point, progress, cancel)
+    except BaseException:
+        if point is not None:
+            point.store.close()  # resumable again, by this process or another
+        raise
+
+
+def _generate(request: GenerateRequest, point: ResumePoint | None, progress: ProgressCallback | None,
+              cancel: CancelToken | None) -> SlideStore:  # fmt: skip
+    out = request.path
     settings = _resolved_settings(request, point)
     if point is not None and point.complete:
         if request.layout.chosen():
             log.info("%s is complete; the layout options are not used", out)
+        point.store.close()
         return point.store
     size = tuple(request.size) if point is None else point.size
     models = _load(request, settings, sample_layout=point is None and request.layout.samples)
@@ -240,18 +259,24 @@ def run_generate(
             out, size, class_names=list(config.class_names), class_colors=[tuple(c) for c in config.class_colors],
             pixel_size_um=config.pixel_size_um, provenance=provenance, overwrite=request.overwrite,
         )  # fmt: skip
-        store.save_canvas(np.asarray(mask.canvas, dtype=np.uint8))
-        job = _Job(store, steps, settings.checkpoint_every_s)
-        job.save(None, 0, decoded_rows=0, labels_written=False)
+        try:
+            store.save_canvas(np.asarray(mask.canvas, dtype=np.uint8))
+            _Job(store, steps, settings.checkpoint_every_s).save(None, 0, decoded_rows=0, labels_written=False)
+        except BaseException:
+            store.close()
+            raise
         latent, step, decoded_rows, labels_written = None, 0, 0, False
     else:
         store = point.store
-        job = _Job(store, steps, settings.checkpoint_every_s)
         latent, step, decoded_rows, labels_written = point.latent, point.step, point.decoded_rows, point.labels_written
-    return job.run(models, mask, size, omega=omega, eta=eta, seed=seed, batch_size=settings.batch_size,
-                   device=device, dtype=dtype, latent=latent, step=step, decoded_rows=decoded_rows,
-                   labels_written=labels_written, keep_state=request.keep_state,
-                   progress=progress, cancel=cancel)  # fmt: skip
+    job = _Job(store, steps, settings.checkpoint_every_s)
+    try:
+        return job.run(models, mask, size, omega=omega, eta=eta, seed=seed, batch_size=settings.batch_size,
+                       device=device, dtype=dtype, latent=latent, step=step, decoded_rows=decoded_rows,
+                       labels_written=labels_written, keep_state=request.keep_state,
+                       progress=progress, cancel=cancel)  # fmt: skip
+    finally:
+        store.close()  # releases the writer lock; after mark_complete this does nothing
 
 
 class _Job:
@@ -308,7 +333,7 @@ class _Job:
                 "dtype": dtype_name(dtype),
             }
         )
-        store.mark_complete()  # keep_state: passed once SlideStore.mark_complete takes it
+        store.mark_complete(keep_state=keep_state)
         return store
 
     def _decode(self, state: SamplerState, codec: Codec, size: tuple[int, int], device: torch.device,

@@ -16,6 +16,7 @@ from ..demo import demo_model_dir
 from ..errors import SettingsError, StoreError
 from ..model.codec import Codec
 from ..model.pretrained import DiffusionModel
+from ..slide.ownership import check_replaceable_store
 from .geometry import SlideCost, check_slide_size, parse_size
 from .layout import LayoutSource, check_layout_choice
 from .models import LoadedModels, ModelSpec, resolve_device, resolve_dtype
@@ -130,6 +131,8 @@ def validate(request: GenerateRequest) -> None:
         raise StoreError(f"{out} exists and is a file, not a slide store; choose another output path")
     if out.exists() and not (request.resume or request.overwrite):
         raise StoreError(f"{out} already exists; use --resume to continue it or --overwrite to replace it")
+    if out.exists() and request.overwrite:
+        check_replaceable_store(out)  # refused now, not after a layout was sampled
     if request.resume and not out.exists() and request.size is None:
         raise SettingsError(f"{out} does not exist, so there is nothing to resume; give --size to start it")
     image = request.models.image if request.models is not None else request.image_model

@@ -185,6 +185,31 @@ def _atomic_torch_save(obj: Any, path: Path) -> None:
         raise
 
 
+def replace_folder(source: Path, target: Path) -> None:
+    """Make ``target`` a copy of the folder ``source`` without ever leaving no ``target``.
+
+    The copy is written to a temporary sibling first; the old ``target`` is renamed aside,
+    the copy renamed into place, and only then is the old one deleted. A crash while copying
+    leaves the old ``target`` untouched, a failed rename puts it back, and a process killed
+    between the two renames leaves it at ``.NAME.old``, which the next call restores first.
+    """
+    tmp, old = target.with_name(f".{target.name}.tmp"), target.with_name(f".{target.name}.old")
+    if old.is_dir() and not target.exists():
+        os.replace(old, target)
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)
+    shutil.copytree(source, tmp)
+    if target.exists():
+        os.replace(target, old)
+    try:
+        os.replace(tmp, target)
+    except BaseException:
+        if old.is_dir() and not target.exists():
+            os.replace(old, target)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def load_training_state(path: str | os.PathLike) -> dict[str, Any]:
     """Read a training-state file with ``weights_only=True`` (tensors and plain data only)."""
     path = Path(path)
@@ -476,12 +501,7 @@ class Trainer:
             samples = self.render_samples()
             if samples is not None:
                 save_png(samples, path / "samples.png")
-            latest = self.out_dir / "model"
-            tmp = self.out_dir / ".model.tmp"
-            shutil.rmtree(tmp, ignore_errors=True)
-            shutil.copytree(path, tmp)
-            shutil.rmtree(latest, ignore_errors=True)
-            os.replace(tmp, latest)
+            replace_folder(path, self.out_dir / "model")
             if path not in self.checkpoints:
                 self.checkpoints.append(path)
             self._prune_checkpoints()
