@@ -58,3 +58,21 @@ def test_config_errors():
         ModelConfig.from_dict({**data, "class_names": ["a"]})
     with pytest.raises(CheckpointError, match="needs 48 channels, not 4"):
         ModelConfig.from_dict({**data, "unet": {**data["unet"], "channels": 4}})
+
+
+def test_write_failure_leaves_nothing_and_keeps_the_old_model(tmp_path, monkeypatch):
+    import errno
+
+    from napari_diffinfinite.model import pretrained
+
+    old = save_pretrained(new_model(tiny_image_config(), seed=1), tmp_path / "m")
+    before = (old / "model.safetensors").read_bytes()
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pretrained, "save_file", disk_full)
+    with pytest.raises(CheckpointError, match="cannot write .*No space left on device"):
+        save_pretrained(new_model(tiny_image_config(), seed=2), tmp_path / "m", overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+    assert (old / "model.safetensors").read_bytes() == before

@@ -637,3 +637,11 @@ def test_model_config_roundtrip_keeps_the_marker_out_of_the_config(tmp_path):
     raw = json.loads((folder / "config.json").read_text())
     assert raw["written_by"] == "napari-diffinfinite"
     assert ModelConfig.load(folder / "config.json").to_dict() == tiny_image_config().to_dict()
+
+
+def test_unwritable_output_is_one_clear_error(tmp_path, capsys, official_image_checkpoint):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    code, err = cli(["convert", official_image_checkpoint, blocker / "out"], capsys)
+    assert_cli_refused(code, err, "cannot create")
+    assert blocker.read_text() == "not a folder"

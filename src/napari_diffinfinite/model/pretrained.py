@@ -149,8 +149,10 @@ def save_pretrained(model: DiffusionModel, folder: str | Path, overwrite: bool =
         config = {**model.config.to_dict(), WRITTEN_BY_KEY: WRITTEN_BY}
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
         _replace(tmp, folder)
-    except BaseException:
+    except BaseException as exc:
         remove_path(tmp)
+        if isinstance(exc, OSError):  # disk full, permissions, a file in the way
+            raise CheckpointError(f"cannot write {folder}: {exc.strerror or exc}") from None
         raise
     return folder
 
