@@ -1,13 +1,17 @@
-"""Screenshots of the DiffInfinite dock widgets in a real napari window, for docs/plugin.md.
+"""Screenshots of the DiffInfinite panel in a real napari window, for docs/plugin.md.
 
-Opens napari, docks the plugin's widgets (through the npe2 manifest, as a user would),
-loads the checkpoints, paints a layout, runs a small generation and exports a region,
-saving PNGs into ``docs/images/`` along the way. Needs a display; on a headless machine:
+Opens napari at 1920 x 1080, opens Plugins > DiffInfinite > DiffInfinite (the tabbed panel,
+through the npe2 manifest, as a user would), loads the checkpoints, paints a layout, runs a
+small generation, exports a region and reopens it over its source, saving PNGs into
+``docs/images/`` (``widget-*.png``: one tab of the panel; ``window-*.png``: the window).
+Needs a display; on a headless machine (about 5 minutes on a loaded 2-core CPU):
 
     xvfb-run -a -s "-screen 0 1920x1200x24" python scripts/screenshots.py
+    xvfb-run -a -s "-screen 0 1920x1200x24" python scripts/screenshots.py --sample   # also rebuild the sample
 
 Options choose the models (default: the embedded demo models), the slide size and the
-number of sampling steps, so the screenshots can be regenerated with a trained model.
+number of sampling steps, so the screenshots can be regenerated with a trained model;
+``--sample`` first regenerates the shipped File > Open Sample slide with the demo models.
 """
 
 from __future__ import annotations
@@ -15,8 +19,9 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -49,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mask-model", default="", help="mask model path (default: embedded)")
     parser.add_argument("--vae", default="", help="SD-2 VAE folder for latent models")
     parser.add_argument("--size", type=int, default=1024, help="slide side in pixels")
-    parser.add_argument("--steps", type=int, default=10, help="sampling steps")
+    parser.add_argument("--steps", type=int, default=6, help="sampling steps")
+    parser.add_argument("--sample", action="store_true", help="first rebuild the shipped sample slide")
     parser.add_argument("--timeout", type=float, default=900, help="seconds allowed for the generation")
     args = parser.parse_args(argv)
 
@@ -59,28 +65,25 @@ def main(argv: list[str] | None = None) -> int:
     import napari
     from qtpy.QtWidgets import QApplication
 
-    from napari_diffinfinite._sample_data import ring_layout
+    from napari_diffinfinite._sample_data import build_sample_archive, ring_layout
 
+    if args.sample:
+        print("rebuilt", build_sample_archive())
     args.out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="diffinfinite-screenshots-"))
     viewer = napari.Viewer(title="napari-diffinfinite", show=True)
     window = viewer.window
     qt_window = window._qt_window
-    qt_window.resize(1600, 1000)
+    qt_window.resize(1920, 1080)
     app = QApplication.instance()
 
-    docks = {}
-    for name in ("Checkpoints", "Mask canvas", "Generate", "Export"):
-        docks[name] = window.add_plugin_dock_widget(PLUGIN, name, tabify=True)
-    checkpoints = docks["Checkpoints"][1]
-    canvas = docks["Mask canvas"][1]
-    generate = docks["Generate"][1]
-    export = docks["Export"][1]
+    dock, panel = window.add_plugin_dock_widget(PLUGIN, "DiffInfinite")
+    checkpoints, canvas, generate, export = panel.checkpoints, panel.canvas, panel.generate, panel.export
+    # no modal questions in a script: start long jobs, overwrite earlier outputs
+    generate.ask = export.ask = lambda title, text, answers: "Start" if "Start" in answers else "Overwrite"
 
     def show(name: str) -> None:
-        dock = docks[name][0]
-        dock.show()
-        dock.raise_()
+        panel.show_step(name)
         pump(app, 0.3)
 
     def save_window(name: str) -> None:
@@ -91,14 +94,14 @@ def main(argv: list[str] | None = None) -> int:
         Image.fromarray(shot).save(args.out / name)
         print("wrote", args.out / name, shot.shape)
 
-    def save_widget(name: str, dock_name: str) -> None:
-        """The dock widget, cropped to its content (docks stretch to the window height)."""
+    def save_widget(name: str, step: str) -> None:
+        """The panel showing the tab ``step``, cropped to the tab's content."""
         from qtpy.QtCore import QRect
 
-        pump(app, 0.3)
-        dock, widget = docks[dock_name]
-        title = widget.mapTo(dock, widget.rect().topLeft()).y()
-        height = min(dock.height(), title + widget.sizeHint().height() + 8)
+        show(step)
+        widget = panel.steps()[step]
+        top = widget.mapTo(dock, widget.rect().topLeft()).y()
+        height = min(dock.height(), top + widget.sizeHint().height() + 8)
         dock.grab(QRect(0, 0, dock.width(), height)).save(str(args.out / name))
         print("wrote", args.out / name)
 
@@ -132,8 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     # 3. generation: one screenshot while sampling (preview), one when done
     show("Generate")
     generate.output.set_value(str(work / "slide.zarr"))
-    generate.overwrite.setChecked(True)
     generate.steps.setValue(args.steps)
+    wait_until(app, lambda: generate.calibration is not None, 300, "the time estimate")
     shots = {"preview": False}
     original = generate._on_progress
 
@@ -166,8 +169,11 @@ def main(argv: list[str] | None = None) -> int:
     save_widget("widget-export.png", "Export")
     save_window("window-export.png")
 
-    # 5. the exported region opened with the reader
-    viewer.layers.clear()
+    # 5. the exported region opened with the reader: at its place over the (dimmed) source
+    for layer in list(viewer.layers):
+        if layer.name not in ("slide",):
+            viewer.layers.remove(layer)
+    viewer.layers["slide"].opacity = 0.35
     viewer.open(str(work / "region.zarr"), plugin=PLUGIN)
     viewer.reset_view()
     save_window("window-reader.png")

@@ -74,6 +74,7 @@ def test_layout_from_the_mask_model(ready, qtbot):
     assert int(layer.data.max()) < len(canvas.state.class_names)
 
 
+@pytest.mark.slow
 def test_generate_streams_a_multiscale_slide(ready, qtbot, viewer, tmp_path):
     from napari_diffinfinite.slide.pyramid import level_shapes
     from napari_diffinfinite.slide.store import SlideStore
@@ -117,6 +118,7 @@ def test_generate_streams_a_multiscale_slide(ready, qtbot, viewer, tmp_path):
     assert generate.state.store_path == tmp_path / "slide.zarr"
 
 
+@pytest.mark.slow
 def test_cancel_then_resume_finishes_the_same_slide(ready, qtbot, viewer, tmp_path, monkeypatch):
     from napari_diffinfinite import engine
     from napari_diffinfinite.slide.store import SlideStore
@@ -206,6 +208,7 @@ def test_ten_small_slides_in_a_row_all_end_done(ready, qtbot, viewer, tmp_path, 
     assert not [n for n in notifications if n[0] == "error"], notifications
 
 
+@pytest.mark.slow
 def test_existing_output_path_asks_and_does_not_fail(ready, qtbot, tmp_path, notifications):
     from napari_diffinfinite.slide.store import SlideStore
 

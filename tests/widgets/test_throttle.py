@@ -1,5 +1,5 @@
-"""What a worker forwards to the GUI: few events, previews rarely, never the last one lost
-(pure: runs without napari)."""
+"""What a worker forwards to the GUI: one event a second, never a stage's first or last
+one lost, the newest preview shown (pure: runs without napari)."""
 
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ class Clock:
         return self.now
 
 
-def _run(events, step_s=0.01):
+def _run(events, step_s=0.01, interval=1.0):
     clock, seen = Clock(), []
-    throttle = ProgressThrottle(seen.append, interval=0.2, preview_interval=1.0, clock=clock)
+    throttle = ProgressThrottle(seen.append, interval=interval, clock=clock)
     for event in events:
         throttle(event)
         clock.now += step_s
@@ -31,19 +31,24 @@ def test_thins_a_flood_of_batch_reports_keeping_order_stages_and_the_end():
     decode = [ProgressEvent("decode", k, 50) for k in range(1, 51)]
     throttle, seen = _run(sample + decode)
     assert throttle.received == 1050
-    assert len(seen) <= 10 / 0.2 + 0.5 / 0.2 + 4  # at most 5 a second, plus stage firsts and lasts
+    assert len(seen) <= 10 + 1 + 4  # one a second, plus the stages' first and last events
     assert [e.stage for e in seen].index("decode") == sum(e.stage == "sample" for e in seen)  # order kept
     done = [e.done for e in seen if e.stage == "sample"]
     assert done == sorted(done) and done[0] == 1 and done[-1] == 1000  # first and last of the stage
     assert seen[-1].done == 50 and seen[-1].stage == "decode"
+    assert throttle.forwarded == len(seen)
 
 
-def test_previews_at_most_once_a_second_and_the_last_one_always():
-    preview = np.zeros((4, 4, 3), np.uint8)
-    steps = [ProgressEvent("sample", (k + 1) * 10, 400, preview=preview) for k in range(40)]  # one per 0.1 s
-    _, seen = _run(steps, step_s=0.1)
+def test_the_newest_preview_rides_on_the_next_forwarded_event():
+    def preview(k):
+        return np.full((4, 4, 3), k, np.uint8)
+
+    events = []
+    for k in range(40):  # 40 steps of 0.25 s: 10 batch reports each, a preview at the end of the step
+        events += [ProgressEvent("sample", k * 10 + b, 400) for b in range(1, 10)]
+        events.append(ProgressEvent("sample", (k + 1) * 10, 400, preview=preview(k)))
+    _, seen = _run(events, step_s=0.025)
     with_preview = [e for e in seen if e.preview is not None]
-    assert 4 <= len(with_preview) <= 5
-    assert with_preview[-1].done == 400
-    # events whose preview was dropped still count as progress, without the image
-    assert all(e.preview is None for e in seen if e not in with_preview)
+    assert len(seen) <= 10 + 2 and len(with_preview) >= len(seen) - 2  # a preview with nearly every update
+    shown = [int(e.preview[0, 0, 0]) for e in with_preview]
+    assert shown == sorted(set(shown)) and shown[-1] == 39  # newest first, never twice, the last one shown

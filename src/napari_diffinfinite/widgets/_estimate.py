@@ -19,8 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 #: Generate asks for a confirmation above this many seconds
 CONFIRM_ABOVE_S = 600.0
 STORE_TILE = 512
@@ -58,25 +56,26 @@ def calibrate(model: Any, codec: Any, settings: Any) -> Calibration:
     import dataclasses
 
     from .. import engine
-    from ..slide.masks import CanvasMask
     from ..slide.store import SlideStore
 
     config = model.config
     side = int(config.patch_size)
-    size = (side, side)
-    mask = CanvasMask(np.ones((1, 1), np.uint8), shape=size)
     one_step = dataclasses.replace(settings, steps=1, checkpoint_every_s=3600.0)
     with tempfile.TemporaryDirectory(prefix="diffinfinite-calibration-") as tmp:
         out = Path(tmp) / "calibration.zarr"
+        request = engine.GenerateRequest(
+            out=out, size=(side, side), models=engine.LoadedModels(image=model, codec=codec),
+            layout=engine.LayoutSource(label=1), settings=one_step,
+        )  # fmt: skip
         started = time.perf_counter()
-        engine.generate_slide(out, size, image_model=model, codec=codec, mask=mask, settings=one_step)
+        engine.run_generate(request)
         total = time.perf_counter() - started
         stats = SlideStore.open(out, mode="r").provenance.get("sampler_stats") or {}
     sampled = float(stats.get("sampling_seconds") or total)
     patches = max(float(stats.get("patches_per_step") or 1.0), 1.0)
     return Calibration(
         seconds_per_patch=sampled / patches,
-        seconds_per_tile=max(total - sampled, 0.0) / tile_count(size),
+        seconds_per_tile=max(total - sampled, 0.0) / tile_count((side, side)),
         patch=int(config.latent_patch),
         scale_factor=max(int(codec.scale_factor), 1),
         device=str(settings.device),

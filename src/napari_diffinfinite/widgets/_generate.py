@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from napari.layers import Image
 from napari.utils.notifications import show_info, show_warning
-from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
     QDoubleSpinBox,
     QFormLayout,
@@ -54,12 +53,13 @@ PREVIEW_NAME = "DiffInfinite preview"
 REFRESH_INTERVAL = 1.0
 
 
-def run_generation(out: str, size: tuple[int, int], **kwargs: Any) -> str:
-    """Call the engine (in the worker thread) and return the store path."""
+def run_generation(request: Any, progress: Any = None, cancel: Any = None) -> str:
+    """Run the whole job with :func:`engine.run_generate` (in the worker thread); returns the
+    store path."""
     from .. import engine
 
-    engine.generate_slide(out, size, **kwargs)
-    return out
+    engine.run_generate(request, progress=progress, cancel=cancel)
+    return str(request.path)
 
 
 class GenerateWidget(QWidget):
@@ -81,9 +81,6 @@ class GenerateWidget(QWidget):
         self.calibration: Calibration | None = None
         self._calibration_key: tuple | None = None
         self._calibration_worker: Any = None
-        self._refresh_timer = QTimer(self)
-        self._refresh_timer.setSingleShot(True)
-        self._refresh_timer.timeout.connect(self.refresh_layers)
 
         self.output = PathEdit(
             "generate/output", mode="save", caption="Slide store (.zarr folder)",
@@ -216,20 +213,25 @@ class GenerateWidget(QWidget):
             batch_size=batch or None, device=self.state.device, dtype=self.state.dtype,
         )  # fmt: skip
 
-    def _resume_mask(self, out: Path) -> tuple[Any, tuple[int, int]]:
-        """Mask and size for Resume: the canvas if there is one, else the one in the store."""
-        from ..slide.masks import CanvasMask
+    def request(self, out: Path, *, resume: bool = False, overwrite: bool = False) -> Any:
+        """The :class:`engine.GenerateRequest` for the form: the loaded models, the painted
+        canvas (new slides) or the store's own layout and settings (Resume)."""
+        from ..engine import GenerateRequest, GenerateSettings, LayoutSource, LoadedModels
+
+        models = LoadedModels(image=self.state.require_image_model(), codec=self.state.image_codec)
+        if resume:  # size, layout, steps, ω, η and seed come from the store
+            settings = self.settings()
+            kept = GenerateSettings(batch_size=settings.batch_size, device=settings.device, dtype=settings.dtype)
+            return GenerateRequest(out=out, models=models, settings=kept, resume=True)
+        layout = LayoutSource(canvas=self.state.mask_source().canvas)
+        return GenerateRequest(out=out, size=tuple(self.state.slide_shape), models=models, layout=layout,
+                               settings=self.settings(), overwrite=overwrite)  # fmt: skip
+
+    @staticmethod
+    def _store_size(out: Path) -> tuple[int, int]:
         from ..slide.store import SlideStore
 
-        store = SlideStore.open(out, mode="r")
-        if self.state.canvas_layer is not None and self.state.slide_shape == tuple(store.shape):
-            return self.state.mask_source(), tuple(store.shape)
-        canvas = store.load_canvas()
-        if canvas is None:
-            from ..errors import StoreError
-
-            raise StoreError(f"{out} has no saved label canvas to resume from; generate it anew")
-        return CanvasMask(canvas, shape=tuple(store.shape)), tuple(store.shape)
+        return tuple(SlideStore.open(out, mode="r").shape)  # type: ignore[return-value]
 
     # -- actions ----------------------------------------------------------------------
     def generate(self) -> Any:
@@ -280,12 +282,11 @@ class GenerateWidget(QWidget):
         out = self.output_path()
         overwrite = False
         try:
-            model = self.state.require_image_model()
+            self.state.require_image_model()
             if resume:
-                mask, size = self._resume_mask(out)
+                size = self._store_size(out)
             else:
-                mask, size = self.state.mask_source(), tuple(self.state.slide_shape)  # type: ignore[arg-type]
-            settings = self.settings()
+                size = tuple(self.state.mask_source().shape)
         except Exception as exc:
             notify_error(exc, "Cannot start")
             return None
@@ -303,6 +304,11 @@ class GenerateWidget(QWidget):
                 return None
             if overwrite:
                 self._drop_slide_layers(out)
+        try:
+            request = self.request(out, resume=resume, overwrite=overwrite)
+        except Exception as exc:
+            notify_error(exc, "Cannot start")
+            return None
         self._store_path = out
         self._size = (int(size[0]), int(size[1]))
         self.cancel_token = CancelToken()
@@ -313,10 +319,7 @@ class GenerateWidget(QWidget):
         self.status.setText(f"{'Resuming' if resume else 'Generating'} {out.name} "
                             f"({size[0]:,} × {size[1]:,} px)…")  # fmt: skip
         self.worker = start_worker(
-            run_generation, str(out), size,
-            image_model=model, codec=self.state.image_codec, mask=mask, settings=settings,
-            resume=resume, overwrite=overwrite,
-            progress=relay, cancel=self.cancel_token,
+            run_generation, request, progress=relay, cancel=self.cancel_token,
             on_result=self._on_done, on_error=self._on_error, on_finished=self._on_finished,
         )  # fmt: skip
         return self.worker
@@ -356,11 +359,13 @@ class GenerateWidget(QWidget):
                 preview, name=PREVIEW_NAME, rgb=preview.ndim == 3, scale=scale, translate=translate,
                 contrast_limits=[0, 255], units=world_units(self.state.pixel_size_um),
             )  # fmt: skip
-        else:
+        else:  # one change per update: each layer event repaints the window
+            if not np.allclose(layer.scale, scale) or not np.allclose(layer.translate, translate):
+                layer.scale = scale
+                layer.translate = translate
             layer.data = preview
-            layer.scale = scale
-            layer.translate = translate
-            layer.visible = True
+            if not layer.visible:
+                layer.visible = True
 
     def _preview_layer(self) -> Any:
         return self.viewer.layers[PREVIEW_NAME] if PREVIEW_NAME in self.viewer.layers else None
@@ -399,11 +404,14 @@ class GenerateWidget(QWidget):
         self.state.set_store(self._store_path)
 
     def _schedule_refresh(self) -> None:
-        wait = REFRESH_INTERVAL - (time.monotonic() - self._last_refresh)
-        if wait <= 0:
+        """Re-read the streamed layers now if the last refresh is old enough.
+
+        Called from the progress slot, so the refresh lands in the same window update as
+        the progress bar (one repaint, which software OpenGL makes expensive); tiles written
+        after the last progress event are shown by the refresh when the job ends.
+        """
+        if time.monotonic() - self._last_refresh >= REFRESH_INTERVAL:
             self.refresh_layers()
-        elif not self._refresh_timer.isActive():
-            self._refresh_timer.start(int(wait * 1000) + 1)
 
     def refresh_layers(self) -> None:
         """Re-read the visible tiles of the streamed layers from the store."""
@@ -424,7 +432,8 @@ class GenerateWidget(QWidget):
             self.viewer.layers.remove(preview)
         self.state.set_store(out)
         self.status.setText(f"Done: {out}")
-        show_info(f"Slide written to {out}")
+        # the status line says it; a notification toast would animate (repaint) for seconds
+        self.viewer.status = f"DiffInfinite: slide written to {out}"
 
     def _on_error(self, exc: BaseException) -> None:
         if self._layers_alive():
@@ -437,7 +446,6 @@ class GenerateWidget(QWidget):
             notify_error(exc, "Generation failed")
 
     def _on_finished(self) -> None:
-        self._refresh_timer.stop()
         self.worker = None
         self.cancel_token = None
         if self._relay is not None:

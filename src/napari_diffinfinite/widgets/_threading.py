@@ -2,7 +2,7 @@
 
 The engine reports progress through a plain callback that it calls from the worker
 thread. :class:`ProgressRelay` thins those reports (:class:`._throttle.ProgressThrottle`:
-a few a second, previews at most once a second) and turns them into a Qt signal, so the
+one a second, the newest preview riding along) and turns them into a Qt signal, so the
 widgets receive :class:`~napari_diffinfinite.progress.ProgressEvent` on the GUI thread
 (a queued connection: in order, each once) and never touch Qt objects from the worker.
 
