@@ -99,7 +99,7 @@ def _entry(path: Path, name: str, entry: object, data_size: int) -> TensorEntry:
     begin, end = offsets
     if not begin <= end <= data_size:
         raise _refuse(path, f"tensor {name!r:.80} lies at bytes {begin}-{end}, outside the {data_size:,} data bytes")
-    nbytes = math.prod(shape) * torch.empty((), dtype=DTYPES[dtype]).element_size()
+    nbytes = math.prod(shape) * DTYPES[dtype].itemsize
     if end - begin != nbytes:
         raise _refuse(path, f"tensor {name!r:.80} of shape {tuple(shape)} needs {nbytes:,} bytes, not {end - begin:,}")
     return TensorEntry(DTYPES[dtype], tuple(shape), begin, end)

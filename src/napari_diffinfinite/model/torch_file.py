@@ -200,13 +200,9 @@ class TensorRef:
     size: tuple[int, ...]
     stride: tuple[int, ...]
 
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return self.size
-
 
 def _itemsize(dtype: torch.dtype) -> int:
-    return torch.empty((), dtype=dtype).element_size()
+    return dtype.itemsize
 
 
 _SAFE_REAL: dict[tuple[str, str], Any] = {
@@ -257,7 +253,7 @@ def _recorders() -> dict[tuple[str, str], Any]:
 
 
 def _loaders() -> dict[tuple[str, str], Any]:
-    return {(m, n): getattr(torch._utils, n) for m, n in _recorders()}
+    return {(m, n): getattr(torch._utils, n) for m, n in _recorders() if hasattr(torch._utils, n)}
 
 
 def _parameter(data, requires_grad=True, hooks=None, state=None):
