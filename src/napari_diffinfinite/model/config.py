@@ -72,7 +72,8 @@ def _json_type(value: Any) -> str:
     return "null" if value is None else type(value).__name__
 
 
-def _refuse_constant(name: str) -> Any:
+def refuse_json_constant(name: str) -> Any:
+    """``json.loads(parse_constant=...)``: NaN and Infinity are not JSON, and not valid settings."""
     raise ValueError(f"{name} is not a number JSON allows")
 
 
@@ -340,7 +341,7 @@ class ModelConfig:
             size = path.stat().st_size
             if size > MAX_CONFIG_BYTES:
                 raise CheckpointError(f"is {size:,} bytes; a model config is a few kB (at most {MAX_CONFIG_BYTES:,})")
-            data = json.loads(path.read_bytes(), parse_constant=_refuse_constant)
+            data = json.loads(path.read_bytes(), parse_constant=refuse_json_constant)
             return cls.from_dict(data)
         except CheckpointError as exc:
             raise CheckpointError(f"{path}: {exc}") from None

@@ -19,6 +19,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from ..errors import CheckpointError
+from .config import refuse_json_constant
 
 MAX_HEADER_BYTES = 16 << 20  # a DiffInfinite UNet's header is ~50 kB
 MAX_DIMS = 16
@@ -62,7 +63,7 @@ def read_header(path: str | Path) -> dict[str, TensorEntry]:
     except OSError as exc:
         raise CheckpointError(f"{path} cannot be read: {exc.strerror or exc}") from None
     try:
-        header = json.loads(raw.decode("utf-8"), parse_constant=lambda name: (_ for _ in ()).throw(ValueError(name)))
+        header = json.loads(raw.decode("utf-8"), parse_constant=refuse_json_constant)
     except (ValueError, RecursionError) as exc:
         raise _refuse(path, f"the header is not JSON: {str(exc)[:100]}") from None
     if not isinstance(header, dict):
