@@ -502,6 +502,8 @@ class SlideStore:
         (self._state_dir / _STATE_POINTER).unlink(missing_ok=True)
         for slot in _STATE_SLOTS:
             shutil.rmtree(self._state_dir / slot, ignore_errors=True)
+        for leftover in self._state_dir.glob(f".{_STATE_POINTER}.tmp-*"):  # from a crashed save
+            leftover.unlink(missing_ok=True)
 
     def save_state(self, arrays: dict[str, np.ndarray], meta: dict) -> None:
         """Save the sampler state atomically, replacing the previous one.
