@@ -27,7 +27,7 @@ from collections.abc import Sequence
 
 from ..errors import ExportError
 from ..progress import CancelToken, ProgressCallback
-from .constants import NGFF_VERSIONS
+from .constants import NGFF_VERSION, NGFF_VERSIONS
 from .export_common import ExportResult, check_region, parse_region
 from .export_tiff import COMPRESSIONS, export_tiff, labels_path
 from .export_zarr import export_ome_zarr
@@ -57,7 +57,7 @@ def export_slide(
     fmt: str,
     region: Sequence[int] | None = None,
     *,
-    ngff_version: str = "0.4",
+    ngff_version: str = NGFF_VERSION,
     compression: str = "jpeg",
     quality: int = 90,
     overwrite: bool = False,

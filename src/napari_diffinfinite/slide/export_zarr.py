@@ -22,7 +22,7 @@ from ..errors import ExportError
 from ..progress import CancelToken, ProgressCallback, check
 from . import ngff
 from .atomic import atomic_path, check_target
-from .constants import LABEL_NAME, NGFF_VERSIONS, PROVENANCE_KEY, TILE
+from .constants import LABEL_NAME, NGFF_VERSION, NGFF_VERSIONS, PROVENANCE_KEY, TILE
 from .export_common import (
     ExportProgress,
     ExportResult,
@@ -80,7 +80,7 @@ def export_ome_zarr(
     out: str | os.PathLike,
     region: Sequence[int] | None = None,
     *,
-    ngff_version: str = "0.4",
+    ngff_version: str = NGFF_VERSION,
     overwrite: bool = False,
     progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,

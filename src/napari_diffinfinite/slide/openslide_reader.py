@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import StoreError
+from .constants import TILE
 
 __all__ = [
     "OpenSlideLevel",
@@ -31,7 +32,7 @@ __all__ = [
     "real_slide_layer_data",
 ]
 
-DEFAULT_CHUNK = 512
+DEFAULT_CHUNK = TILE
 
 OPENSLIDE_PIECE = 4096
 """OpenSlide's ``openslide_read_region`` paints a region in pieces of 4096 x 4096 level pixels,
