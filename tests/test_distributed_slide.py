@@ -110,3 +110,30 @@ def test_a_killed_rank_then_resume_gives_the_same_slide(tmp_path, tiny_image_mod
         p.join(600)
     assert [p.exitcode for p in procs] == [0, 0]
     _assert_same_slide(out, single_process_slide)
+
+
+def test_more_processes_than_tile_rows_is_refused_before_launching(tmp_path, tiny_image_model_dir, capsys):
+    from napari_diffinfinite.cli import main
+
+    argv = ["generate", "--out", str(tmp_path / "s.zarr"), "--size", "256x612", "--model", str(tiny_image_model_dir),
+            "--label", "1", "--nproc", "3"]  # fmt: skip
+    assert main(argv) == 1
+    error = capsys.readouterr().err
+    assert "has 2 row(s) of 512-px tiles, too few for 3 processes" in error and "use --nproc 2 or fewer" in error
+    assert not (tmp_path / "s.zarr").exists()
+
+
+@pytest.mark.slow
+def test_generate_nproc_2_launches_the_ranks_and_writes_the_single_process_slide(
+    tmp_path, tiny_image_model_dir, single_process_slide, monkeypatch
+):
+    from napari_diffinfinite.cli import main
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    out = tmp_path / "cli.zarr"
+    argv = ["generate", "--out", str(out), "--size", f"{SIZE[1]}x{SIZE[0]}", "--model", str(tiny_image_model_dir),
+            "--label", "1", "--seed", "5", "--steps", "4", "--device", "cpu", "--batch-size", "4", "--nproc", "2",
+            "--quiet"]  # fmt: skip
+    assert main(argv) == 0
+    assert SlideStore.open(out).provenance["sampler_stats"]["ranks"] == 2
+    _assert_same_slide(out, single_process_slide)

@@ -56,12 +56,17 @@ def launched_distributed() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+def rank() -> int:
+    """This process's rank in the torchrun process group (0 outside one)."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def _rank_device(device: str | None, ctx: DistributedContext) -> str:
     """This rank's device: its own GPU (``cuda:LOCAL_RANK``) when the job runs on GPUs."""
     return str(ctx.device) if ctx.device.type == "cuda" else (device or "cpu")
 
 
-def _prepare(request: engine.GenerateRequest, progress: ProgressCallback | None) -> bool:
+def _prepare(request: engine.GenerateRequest, progress: ProgressCallback | None, cancel: CancelToken | None) -> bool:
     """Rank 0: let the engine validate, create or resume the store, and write the labels.
 
     The engine has no prepare-only call, so its job is stopped at its first sampling or
@@ -71,7 +76,7 @@ def _prepare(request: engine.GenerateRequest, progress: ProgressCallback | None)
     stop = CancelToken()
 
     def until_sampling(event: ProgressEvent) -> None:
-        if event.stage in ("sample", "decode"):
+        if event.stage in ("sample", "decode") or (cancel is not None and cancel.cancelled):
             stop.cancel()
         elif progress is not None:
             progress(event)
@@ -80,7 +85,7 @@ def _prepare(request: engine.GenerateRequest, progress: ProgressCallback | None)
         engine.run_generate(request, progress=until_sampling, cancel=stop).close()
         return True
     except Cancelled:
-        if not stop.cancelled:
+        if cancel is not None and cancel.cancelled:
             raise
         return False
     finally:
@@ -127,15 +132,27 @@ def run_generate_distributed(
     ranks other than 0). A restarted elastic group (``TORCHELASTIC_RESTART_COUNT`` > 0)
     resumes the store by itself.
     """
+    own = ctx is None
     ctx = ctx or init_distributed(request.settings.device or "auto")
+    try:
+        return _run_ranks(request, ctx, progress, cancel)
+    finally:
+        if own:
+            ctx.close()
+
+
+def _run_ranks(
+    request: engine.GenerateRequest, ctx: DistributedContext, progress: ProgressCallback | None,
+    cancel: CancelToken | None,
+) -> SlideStore:  # fmt: skip
     if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0 and not request.overwrite:
         request = replace(request, resume=True)
-    engine.validate(request)
+    # rank 0's engine call validates the request; the other ranks wait for its store
     device = _rank_device(request.settings.device, ctx)
     request = replace(request, settings=replace(request.settings, device=device))
     rank_progress = progress if ctx.is_main else None
 
-    complete = _prepare(request, rank_progress) if ctx.is_main else False
+    complete = _prepare(request, rank_progress, cancel) if ctx.is_main else False
     if _broadcast_flag(complete, ctx):
         return SlideStore.open(request.path)
     saved = _read_saved(request.path)

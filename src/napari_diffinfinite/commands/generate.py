@@ -85,6 +85,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="keep the sampler state in the finished store (default: dropped, the store holds the slide only)",
     )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--nproc", type=int, default=1,
+                   help="processes (one per GPU) sharing this one slide, launched here; see docs/scale.md (default 1)")
     p.set_defaults(interrupted=INTERRUPTED)
     return p
 
@@ -109,15 +111,24 @@ def request_from_args(args: argparse.Namespace) -> engine.GenerateRequest:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..distributed_slide import launched_distributed, rank, run_generate_distributed
+
+    if args.nproc != 1 and not launched_distributed():
+        from ._ranks import run_ranks
+
+        return run_ranks(args)
     request = request_from_args(args)
     configure_torch_threads()  # few threads on a busy machine: see napari_diffinfinite/threads.py
-    progress = TqdmProgress(disable=args.quiet)
+    progress = TqdmProgress(disable=args.quiet or rank() != 0)
     started = time.perf_counter()
     try:
         with cancel_on_signals() as token:
-            store = engine.run_generate(request, progress=progress, cancel=token)
+            generate = run_generate_distributed if launched_distributed() else engine.run_generate
+            store = generate(request, progress=progress, cancel=token)
     finally:
         progress.close()
+    if rank() != 0:
+        return 0  # rank 0 reports for the group
     elapsed = time.perf_counter() - started
     provenance = store.provenance
     source = (provenance.get("image_model") or {}).get("source", "")

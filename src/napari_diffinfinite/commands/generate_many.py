@@ -27,7 +27,7 @@ from ._progress import TqdmProgress
 
 _TRUE, _FALSE = {"1", "true", "yes", "y", "on"}, {"", "0", "false", "no", "n", "off"}
 #: generate options that make no sense per row of a manifest
-_NOT_PER_ROW = {"quiet", "resume", "help"}
+_NOT_PER_ROW = {"quiet", "resume", "help", "nproc"}
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
