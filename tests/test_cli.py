@@ -30,7 +30,9 @@ def test_generate_from_label_image_and_info(tmp_path, tiny_image_model_dir, caps
     capsys.readouterr()
     assert main(["info", str(out), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
-    assert info["size"] == "600x400" and info["complete"] is True and info["provenance"]["mask"]["type"] == "label image"
+    assert (
+        info["size"] == "600x400" and info["complete"] is True and info["provenance"]["mask"]["type"] == "label image"
+    )
 
 
 def test_generate_errors_are_clear(tmp_path, tiny_image_model_dir, capsys):
@@ -45,7 +47,18 @@ def test_generate_errors_are_clear(tmp_path, tiny_image_model_dir, capsys):
 
 def test_resume_cli(tmp_path, tiny_image_model_dir):
     out = tmp_path / "r.zarr"
-    base = ["generate", "--out", str(out), "--size", "300x300", "--model", str(tiny_image_model_dir), "--steps", "1", "-q"]
+    base = [
+        "generate",
+        "--out",
+        str(out),
+        "--size",
+        "300x300",
+        "--model",
+        str(tiny_image_model_dir),
+        "--steps",
+        "1",
+        "-q",
+    ]
     assert main([*base, "--label", "2"]) == 0
     assert main([*base, "--label", "2"]) == 1  # exists, needs --resume or --overwrite
     assert main([*base, "--resume"]) == 0  # resumes a complete store: nothing left to do
@@ -74,3 +87,173 @@ def test_help(argv, capsys):
     with pytest.raises(SystemExit) as exc:
         main(argv)
     assert exc.value.code == 0
+
+
+# -- errors, exit codes and interrupts ---------------------------------------------------
+
+from napari_diffinfinite import cli, engine  # noqa: E402
+
+
+def _one_error_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("diffinfinite: error: "), err
+    return lines[0]
+
+
+def _label_args(tmp_path, model_dir, *extra):
+    return ["generate", "--out", str(tmp_path / "s.zarr"), "--size", "256x256", "--model", str(model_dir),
+            "--label", "1", "--steps", "1", "-q", *extra]  # fmt: skip
+
+
+def test_internal_error_is_one_line_and_v_shows_the_traceback(tmp_path, tiny_image_model_dir, monkeypatch, capsys):
+    def broken(*args, **kwargs):
+        raise TypeError("boom")
+
+    monkeypatch.setattr(engine, "run_generate", broken)
+    assert main(_label_args(tmp_path, tiny_image_model_dir)) == cli.EXIT_INTERNAL == 70
+    err = capsys.readouterr().err
+    assert _one_error_line(err) == "diffinfinite: error: internal error: TypeError: boom; run with -v for the traceback"
+    assert main(_label_args(tmp_path, tiny_image_model_dir, "-v")) == 70
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "TypeError: boom" in err
+
+
+def test_keyboard_interrupt_exits_130_with_one_line(tmp_path, tiny_image_model_dir, monkeypatch, capsys):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine, "run_generate", interrupted)
+    assert main(_label_args(tmp_path, tiny_image_model_dir)) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--resume" in err[0]
+
+
+def test_missing_optional_extra_is_named(tmp_path, tiny_image_model_dir, monkeypatch, capsys):
+    def needs_openslide(*args, **kwargs):
+        raise ModuleNotFoundError("No module named 'openslide'", name="openslide")
+
+    monkeypatch.setattr(engine, "run_generate", needs_openslide)
+    assert main(_label_args(tmp_path, tiny_image_model_dir)) == 1
+    assert "pip install 'napari-diffinfinite[slides]'" in _one_error_line(capsys.readouterr().err)
+
+
+def test_a_broken_command_module_is_not_dropped_silently(monkeypatch):
+    real = cli.importlib.import_module
+
+    def import_module(name, package=None):
+        if name == ".commands.info":
+            raise ModuleNotFoundError("No module named 'napari_diffinfinite.model.gone'",
+                                      name="napari_diffinfinite.model.gone")  # fmt: skip
+        return real(name, package)
+
+    monkeypatch.setattr(cli.importlib, "import_module", import_module)
+    with pytest.raises(ModuleNotFoundError, match="model.gone"):
+        cli.build_parser()
+
+
+def test_usage_errors_are_one_line_exit_2(capsys):
+    assert main(["generate", "--out"]) == 2
+    assert "--out: expected one argument" in _one_error_line(capsys.readouterr().err)
+    assert main(["frobnicate"]) == 2
+    assert "invalid choice: 'frobnicate'" in _one_error_line(capsys.readouterr().err)
+
+
+@pytest.fixture
+def small_store(tmp_path, tiny_image_model_dir):
+    out = tmp_path / "small.zarr"
+    assert main(["generate", "--out", str(out), "--size", "256x256", "--model", str(tiny_image_model_dir),
+                 "--label", "1", "--steps", "1", "-q"]) == 0  # fmt: skip
+    return out
+
+
+def test_export_on_a_full_disk_is_one_line_and_leaves_nothing(small_store, tmp_path, monkeypatch, capsys):
+    import errno
+
+    import tifffile
+
+    def full(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(tifffile.TiffWriter, "write", full)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    capsys.readouterr()
+    assert main(["export", str(small_store), str(tmp_path / "out.ome.tif"), "-q"]) == 1
+    captured = capsys.readouterr()
+    line = _one_error_line(captured.err)
+    assert "disk is full" in line or "No space left" in line
+    assert "Traceback" not in captured.err and "--resume" not in captured.err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no partial file, no temporary
+
+
+def test_export_interrupt_does_not_point_to_resume(small_store, tmp_path, monkeypatch, capsys):
+    from napari_diffinfinite.commands import export as export_command
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(export_command, "export_slide", interrupted)
+    capsys.readouterr()
+    assert main(["export", str(small_store), str(tmp_path / "out.ome.tif"), "-q"]) == 130
+    err = capsys.readouterr().err
+    assert "--resume" not in err and "nothing was written" in err
+
+
+def test_keep_state_flag(tmp_path, tiny_image_model_dir):
+    from napari_diffinfinite.slide.store import SlideStore
+
+    out = tmp_path / "k.zarr"
+    assert main(["generate", "--out", str(out), "--size", "256x256", "--model", str(tiny_image_model_dir),
+                 "--label", "1", "--steps", "1", "-q", "--keep-state"]) == 0  # fmt: skip
+    assert SlideStore.open(out).load_state() is not None
+    out2 = tmp_path / "d.zarr"
+    assert main(["generate", "--out", str(out2), "--size", "256x256", "--model", str(tiny_image_model_dir),
+                 "--label", "1", "--steps", "1", "-q"]) == 0  # fmt: skip
+    assert SlideStore.open(out2).load_state() is None and SlideStore.open(out2).load_canvas() is not None
+
+
+def _state_step(out) -> int:
+    pointer = out / "diffinfinite" / "state.json"
+    try:
+        return int(json.loads(pointer.read_text())["meta"]["step"])
+    except (OSError, ValueError, KeyError):
+        return -1
+
+
+_SIGNAL_ARGS = ["--size", "256x256", "--label", "2", "--steps", "30", "--seed", "7", "--checkpoint-every", "0",
+                "--device", "cpu", "-q"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def signal_reference(tmp_path_factory, tiny_image_model_dir):
+    """The uninterrupted slide the interrupted-and-resumed runs must equal (made once)."""
+    out = tmp_path_factory.mktemp("signals") / "ref.zarr"
+    assert main(["generate", "--out", str(out), "--model", str(tiny_image_model_dir), *_SIGNAL_ARGS]) == 0
+    return SlideStore.open(out).image_level(0)[:]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", ["SIGINT", "SIGTERM"])
+def test_signal_saves_state_and_resume_equals_uninterrupted(tmp_path, tiny_image_model_dir, signal_reference, signum):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "cut.zarr"
+    argv = ["generate", "--out", str(out), "--model", str(tiny_image_model_dir), *_SIGNAL_ARGS]
+    proc = subprocess.Popen([sys.executable, "-m", "napari_diffinfinite.cli", *argv],
+                            stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.monotonic() + 600
+    while _state_step(out) < 1 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    reached = _state_step(out)
+    assert proc.poll() is None and reached >= 1, "the run ended before a step was saved"
+    proc.send_signal(getattr(signal, signum))
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 130, err
+    assert "--resume" in err and "Traceback" not in err
+    saved = _state_step(out)
+    assert reached <= saved < 30  # the state of the step reached was saved, not step 0
+    assert not SlideStore.open(out).provenance["complete"]
+    assert main(["generate", "--out", str(out), "--resume", "--model", str(tiny_image_model_dir), "-q"]) == 0
+    assert np.array_equal(SlideStore.open(out).image_level(0)[:], signal_reference)
