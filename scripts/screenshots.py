@@ -86,7 +86,16 @@ def main(argv: list[str] | None = None) -> int:
         panel.show_step(name)
         pump(app, 0.3)
 
+    def close_toasts() -> None:
+        """Dismiss napari's notification toasts: they would cover the scale bar."""
+        from napari._qt.dialogs.qt_notification import NapariQtNotification
+
+        for toast in qt_window.findChildren(NapariQtNotification):
+            toast.close()
+
     def save_window(name: str) -> None:
+        pump(app, 0.3)
+        close_toasts()
         pump(app, 0.5)
         shot = viewer.screenshot(canvas_only=False, flash=False)
         from PIL import Image
@@ -152,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("Generate refused to start; see the notification above")
     wait_until(app, lambda: generate.worker is None, args.timeout, "the generation")
     viewer.layers[canvas.layer.name].visible = False
+    viewer.layers["slide labels"].visible = False  # the tissue itself; the labels match the canvas
     viewer.reset_view()
     save_widget("widget-generate.png", "Generate")
     save_window("window-generated-slide.png")

@@ -108,6 +108,24 @@ def test_layer_data_of_a_store(store_path):
     cmap = label_meta["colormap"]
     np.testing.assert_allclose(cmap.color_dict[1][:3], np.array(COLORS[1]) / 255, atol=1e-6)
     assert cmap.color_dict[0][3] == 0  # unknown is transparent
+    # placed in micrometres (the store's 0.5 µm pixels), at the origin
+    for meta in (image_meta, label_meta):
+        assert meta["scale"] == (0.5, 0.5) and meta["translate"] == (0.0, 0.0)
+        assert meta["units"] == ("um", "um")
+
+
+def test_real_slide_is_placed_in_micrometres(store_path, tmp_path):
+    """A real slide opens at its own pixel size in µm, so it overlays synthetic ones at true size."""
+    pytest.importorskip("openslide")
+    from napari_diffinfinite.slide.export import export_slide
+
+    export_slide(store_path, tmp_path / "real.tif", "tiff")  # a tiled TIFF OpenSlide reads, 0.5 µm/px
+    reader = napari_get_wsi_reader(str(tmp_path / "real.tif"))
+    assert reader is not None
+    ((levels, meta, kind),) = reader(str(tmp_path / "real.tif"))
+    assert kind == "image" and meta["multiscale"]
+    np.testing.assert_allclose(meta["scale"], (0.5, 0.5))
+    assert meta["metadata"]["synthetic"] is False
 
 
 def test_view_sees_tiles_written_after_opening(tmp_path):

@@ -74,6 +74,7 @@ class ExportWidget(QWidget):
         self.draw_button.setToolTip("Add a Shapes layer and start drawing a rectangle")
         self.draw_button.clicked.connect(self.draw_rectangle)
         self.region_text = QLabel()
+        self.region_text.setWordWrap(True)
         self.format = QComboBox()
         for key, (label, _) in FORMATS.items():
             self.format.addItem(label, key)
@@ -94,7 +95,8 @@ class ExportWidget(QWidget):
         form = QFormLayout()
         form.addRow("Slide", self.source)
         form.addRow("Region", self.region_mode)
-        form.addRow("", hbox(self.draw_button, self.region_text, stretch_last=True))
+        form.addRow("", hbox(self.draw_button, stretch_last=True))
+        form.addRow("", self.region_text)
         form.addRow("Format", self.format)
         form.addRow("Output", self.output)
         layout = QVBoxLayout(self)
@@ -162,8 +164,11 @@ class ExportWidget(QWidget):
         """Add (or select) the region Shapes layer in rectangle-drawing mode."""
         layer = self.region_layer()
         if layer is None:
+            # in the slide's world units (µm), so napari's scale bar keeps its unit
+            source = self.source_layer()
+            units = {"units": source.units} if source is not None else {}
             layer = self.viewer.add_shapes(
-                name=REGION_LAYER, edge_color="yellow", face_color="transparent", edge_width=4,
+                name=REGION_LAYER, edge_color="yellow", face_color="transparent", edge_width=4, **units,
             )  # fmt: skip
         self._watch_region_layer()
         self.viewer.layers.selection.active = layer
