@@ -53,3 +53,40 @@ def test_vae_missing_folder_is_explained(tmp_path, monkeypatch):
         load_vae("stabilityai/stable-diffusion-2-base")
     with pytest.raises(CheckpointError, match="give the VAE folder"):
         make_codec("sd2-vae", None)
+
+
+def test_whole_input_group_norm_statistics_make_a_window_decode_as_in_the_whole():
+    from torch import nn
+
+    from napari_diffinfinite.model.codec import fixed_group_norm_statistics, record_group_norm_statistics
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(4, 8, 3, padding=1), nn.GroupNorm(4, 8), nn.SiLU(), nn.Conv2d(8, 3, 3, padding=1))
+    x = torch.randn(1, 4, 40, 40) + torch.linspace(-2, 2, 40)  # a trend: windows have other statistics
+    with torch.no_grad():
+        whole = net(x)
+        stats = record_group_norm_statistics(net, lambda: net(x))
+        window = x[:, :, 5:25, 10:30]
+        with fixed_group_norm_statistics(net, stats):
+            fixed = net(window)
+        alone = net(window)
+    inner = (slice(None), slice(None), slice(2, -2), slice(2, -2))  # beyond the receptive field of the borders
+    assert torch.allclose(fixed[inner], whole[:, :, 5:25, 10:30][inner], atol=1e-5)
+    assert not torch.allclose(alone[inner], whole[:, :, 5:25, 10:30][inner], atol=1e-2)
+    assert isinstance(net[1].forward, type(net[1].forward)) and "forward" not in vars(net[1])  # restored
+
+
+def test_tile_decoder_decodes_a_window_as_inside_the_whole_latent(tiny_vae_dir):
+    codec = make_codec("sd2-vae", tiny_vae_dir)
+    torch.manual_seed(3)
+    latent = torch.randn(4, 40, 40) / 50 + torch.linspace(-0.02, 0.02, 40)  # a trend: windows differ from the whole
+    with torch.no_grad():
+        whole = codec.decode(latent[None])
+        window = latent[None, :, :, 8:]  # cut on the left only
+        faithful = codec.tile_decoder(latent)(window)
+        alone = codec.decode(window)
+    # beyond the decoder's receptive field (about 14 latent pixels here) from the cut
+    keep = (slice(None), slice(None), slice(None), slice(8 * 16, None))
+    expected = whole[:, :, :, 8 * 8 :][keep]
+    assert (faithful[keep] - expected).abs().max() < 1e-4
+    assert (alone[keep] - expected).abs().max() > 1e-3

@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     dim = 8 if tiny else 256
     batches = [2, 4] if tiny else [8, 16, 32, 64, 128, 256]
     compiles = [False] if tiny else [False, True]
-    sizes = [256, 512] if tiny else [8192, 16384]
+    sizes = [512, 1024] if tiny else [8192, 16384]
     steps = 2 if tiny else 50
     vae_blocks = (32, 32, 32, 32) if tiny else (128, 256, 512, 512)
     result: dict[str, Any] = {
@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         workdir = Path(args.workdir or tmp)
         result["generate"] = generate_end_to_end(sizes, dim, steps, args.device, "float32" if tiny else "bfloat16",
                                                  vae_blocks, overhead, workdir)  # fmt: skip
-    result["decode"] = tiled_vs_whole(24 if tiny else 96, 64 if tiny else 256, blocks=vae_blocks, device=args.device)
+    result["decode"] = tiled_vs_whole(32 if tiny else 96, 128 if tiny else 256, blocks=vae_blocks, device=args.device)
     Path(args.out).write_text(json.dumps(result, default=float, indent=1))
     print(to_markdown(result))
     return 0

@@ -159,28 +159,77 @@ class VAECodec:
 
     @torch.no_grad()
     def tile_decoder(self, latent: torch.Tensor, statistics_side: int = 128) -> Callable[[torch.Tensor], torch.Tensor]:
-        """A ``decode`` for windows of ``latent`` (C, h, w) with the whole latent's GroupNorm statistics.
+        """A ``decode`` for windows of ``latent`` (C, h, w) that decodes them as the whole latent.
 
-        The decoder's GroupNorms normalise over their whole input, so a window decoded alone
-        shifts in tone. Here one pass of the decoder over the whole latent records every
-        GroupNorm's per-group mean and variance, and windows are decoded with those: the
-        decoder becomes local, and a window decodes as it does inside the whole. A latent
-        larger than ``statistics_side`` latent pixels is area-downsampled to that size for
-        the recording pass (the estimate the widely used tiled-VAE decoders make), so
-        memory stays bounded.
+        The decoder is not local: its GroupNorms normalise over their whole input and its
+        mid-block self-attention attends over all of it, so a window decoded alone shifts in
+        tone. Here one pass of the decoder over the whole latent records every GroupNorm's
+        per-group mean and variance and the mid-block attention's (normalised) input tokens;
+        windows are then decoded with those statistics, and their attention queries attend
+        to the whole latent's tokens. A latent larger than ``statistics_side`` latent pixels
+        is area-downsampled to that size for the recording pass (the estimate the widely used
+        tiled-VAE decoders make), so memory stays bounded whatever the slide size.
         """
         z = latent[None] if latent.dim() == 3 else latent
         side = max(z.shape[-2:])
         if side > statistics_side:
             size = [max(1, round(s * statistics_side / side)) for s in z.shape[-2:]]
             z = F.interpolate(z.float(), size=size, mode="area")
-        stats = record_group_norm_statistics(self.vae.decoder, lambda: self.decode(z))
+        decoder = self.vae.decoder
+        attentions = list(getattr(getattr(decoder, "mid_block", None), "attentions", None) or [])
+        tokens: dict[nn.Module, torch.Tensor] = {}
+
+        def capture(attention: nn.Module, x: torch.Tensor) -> None:
+            norm = attention.group_norm
+            normed = x if norm is None else F.group_norm(x, norm.num_groups, norm.weight, norm.bias, norm.eps)
+            tokens[attention] = normed.flatten(2).transpose(1, 2)  # (1, h*w, C): keys and values of the whole
+
+        with _attention_inputs(attentions, capture):
+            stats = record_group_norm_statistics(decoder, lambda: self.decode(z))
 
         def decode(window: torch.Tensor) -> torch.Tensor:
-            with fixed_group_norm_statistics(self.vae.decoder, stats):
+            with fixed_group_norm_statistics(decoder, stats), _global_attention(attentions, tokens):
                 return self.decode(window)
 
         return decode
+
+
+@contextmanager
+def _attention_inputs(attentions: list[nn.Module], see: Callable[[nn.Module, torch.Tensor], None]) -> Iterator[None]:
+    """Show ``see(attention, x)`` every input of the attention modules inside the block."""
+    for attention in attentions:
+        original = attention.forward
+
+        def forward(x, *args, attention=attention, original=original, **kwargs):
+            see(attention, x)
+            return original(x, *args, **kwargs)
+
+        attention.forward = forward
+    try:
+        yield
+    finally:
+        for attention in attentions:
+            del attention.forward
+
+
+@contextmanager
+def _global_attention(attentions: list[nn.Module], tokens: dict[nn.Module, torch.Tensor]) -> Iterator[None]:
+    """Inside the block, the attention modules attend to the recorded tokens of the whole latent
+    (their queries still come from the window; diffusers' ``encoder_hidden_states``)."""
+    for attention in attentions:
+        original = attention.forward
+        context = tokens[attention]
+
+        def forward(x, *args, original=original, context=context, **kwargs):
+            kwargs["encoder_hidden_states"] = context.to(x.dtype).expand(x.shape[0], -1, -1)
+            return original(x, *args, **kwargs)
+
+        attention.forward = forward
+    try:
+        yield
+    finally:
+        for attention in attentions:
+            del attention.forward
 
 
 def load_vae(spec: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):

@@ -73,6 +73,10 @@ def decode_tiles(
     """
     if tile % scale:
         raise ValueError(f"tile {tile} must be a multiple of the codec's scale factor {scale}")
+    if margin > tile // scale:
+        # the cross-fade spans ``margin`` latent pixels around each border: wider than a tile,
+        # the weights of neighbouring windows would no longer sum to one
+        raise ValueError(f"margin {margin} is wider than a tile ({tile // scale} latent pixels); use larger tiles")
     height, width = image_shape
     tl = tile // scale
     lat_h, lat_w = latent.shape[-2:]

@@ -124,6 +124,13 @@ def _plan(rows_per_patch: list[list[tuple[int, bool]]]) -> EvalPlan:
     return EvalPlan(first_row, row_patch, row_label, row_null, null_row, np.flatnonzero(~row_null))
 
 
+def take_rows(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``t.index_select(0, index)`` for a contiguous tensor, as rows of a 2-D view (the 2-D
+    kernel copies whole rows; on a CPU the N-D one is several times slower)."""
+    flat = t.reshape(t.shape[0], -1).index_select(0, index)
+    return flat.view(len(index), *t.shape[1:])
+
+
 def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
@@ -219,7 +226,9 @@ class GuidedDenoiser:
             plan = self.plan(label_presence(labels, num_labels).cpu().numpy())
         self.count.patches += x.shape[0]
         self.count.network += plan.rows
-        return self._guide(x, t, labels, plan)
+        # rows are gathered from x by index: on a strided view (the sampler's channel-major
+        # batches seen as (B, C, p, p)) that takes a slow path, on contiguous memory a row copy
+        return self._guide(x.contiguous(), t, labels, plan)
 
     def _guide(self, x: torch.Tensor, t: int, labels: torch.Tensor, plan: EvalPlan) -> torch.Tensor:
         row_patch = plan.tensor("row_patch", x.device)
@@ -227,20 +236,20 @@ class GuidedDenoiser:
         row_null = plan.tensor("row_null", x.device)
         null_row = plan.tensor("null_row", x.device)
         cond_rows = plan.tensor("cond_rows", x.device)
-        row_labels = labels.index_select(0, row_patch)  # (E, p, p)
+        row_labels = take_rows(labels, row_patch)  # (E, p, p)
         label = row_label.to(labels.dtype)[:, None, None]
         masks = torch.where((row_labels == label) & ~row_null[:, None, None], label, 0)[:, None].float()
         times = torch.full((plan.rows,), t, dtype=torch.long, device=x.device)
-        out = self._forward(x.index_select(0, row_patch), times, masks)
+        out = self._forward(take_rows(x, row_patch), times, masks).contiguous()
 
-        null = out.index_select(0, null_row)  # (B, C, p, p): each patch's unconditional prediction
-        cond = out.index_select(0, cond_rows)
+        null = take_rows(out, null_row)  # (B, C, p, p): each patch's unconditional prediction
+        cond = take_rows(out, cond_rows)
         cond_patch = row_patch.index_select(0, cond_rows)
-        own = (row_labels.index_select(0, cond_rows) == label.index_select(0, cond_rows))[:, None]
+        own = (take_rows(row_labels, cond_rows) == label.index_select(0, cond_rows))[:, None]
         # every pixel has one label, so each patch's sum adds one masked prediction to zeros
         # (exact): the result is bit for bit uncond + (cond - uncond) * scale, per pixel's label
         if self.guided:
-            cond.sub_(null.index_select(0, cond_patch)).mul_(own)
+            cond.sub_(take_rows(null, cond_patch)).mul_(own)
             composed = torch.zeros_like(null).index_add_(0, cond_patch, cond)
             return composed.mul_(self.scale).add_(null)
         composed = torch.zeros_like(null).index_add_(0, cond_patch, cond.mul_(own))
@@ -268,7 +277,7 @@ class ClassGuidedDenoiser(GuidedDenoiser):
         row_null = plan.tensor("row_null", x.device)
         classes = plan.tensor("row_label", x.device)
         times = torch.full((plan.rows,), t, dtype=torch.long, device=x.device)
-        out = self._forward(x.index_select(0, row_patch), times, classes, row_null)
+        out = self._forward(take_rows(x, row_patch), times, classes, row_null)
         if not self.guided:
             return out
         cond, null = out[0::2], out[1::2]

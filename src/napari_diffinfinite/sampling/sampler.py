@@ -249,7 +249,8 @@ class RandomPatchSampler:
                 index = canvas.window_index(rows, cols)
                 xs = canvas.gather(index)  # (C, b, P, P)
                 ls = canvas.gather_labels(index)
-                eps = self.denoiser(xs.transpose(0, 1), ddim.t, ls, plan.span(p0, p1)).transpose(0, 1)
+                eps = self.denoiser(xs.transpose(0, 1), ddim.t, ls, plan.span(p0, p1))
+                eps = eps.transpose(0, 1).contiguous()  # channel-major like xs: the update runs on contiguous memory
                 x0 = ddim.predict_x0(xs, eps)
                 owned = ((rows >= oy0[:, None]) & (rows < oy1[:, None]))[:, :, None] & (
                     (cols >= ox0[:, None]) & (cols < ox1[:, None])
