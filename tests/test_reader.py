@@ -91,6 +91,7 @@ def test_channel_last_view_matches_transpose():
 
 
 def test_layer_data_of_a_store(store_path):
+    pytest.importorskip("napari")  # the layer data hold napari colormaps
     layers = read_slide_store(str(store_path))
     (image, image_meta, image_kind), (labels, label_meta, label_kind) = layers
     assert (image_kind, label_kind) == ("image", "labels")
@@ -129,6 +130,7 @@ def test_real_slide_is_placed_in_micrometres(store_path, tmp_path):
 
 
 def test_view_sees_tiles_written_after_opening(tmp_path):
+    pytest.importorskip("napari")  # the layer data hold napari colormaps
     """The lazy view re-reads the store: tiles written later show up (no stale cache)."""
     path = tmp_path / "live.zarr"
     writer = SlideStore.create(path, (1024, 1024), class_names=NAMES, class_colors=COLORS, provenance={})
@@ -140,6 +142,7 @@ def test_view_sees_tiles_written_after_opening(tmp_path):
 
 
 def test_label_colormap_accepts_both_colour_ranges():
+    pytest.importorskip("napari")  # the layer data hold napari colormaps
     cmap = label_colormap([(0, 0, 0), (255, 0, 0), (0.0, 0.5, 1.0)])
     np.testing.assert_allclose(cmap.color_dict[1], (1, 0, 0, 1))
     np.testing.assert_allclose(cmap.color_dict[2], (0, 0.5, 1, 1))
