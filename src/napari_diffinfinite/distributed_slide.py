@@ -18,8 +18,8 @@ itself): every rank runs :func:`run_generate_distributed` with the same request.
 
 The slide equals the single-process slide with the same seed (to the float tolerance of
 batching). A run stopped at any point (a rank killed, the job cancelled) resumes with
-``resume=True`` from the last saved state; under an elastic launcher a restarted group resumes
-by itself. Progress is reported by rank 0 only.
+``resume=True`` from the last saved state (a group restarted in place by an elastic launcher
+passes ``resume`` itself; that path is not verified). Progress is reported by rank 0 only.
 """
 
 from __future__ import annotations
@@ -129,8 +129,8 @@ def run_generate_distributed(
     """Generate (or resume) ``request``'s slide with every rank of the torchrun process group.
 
     Call it on every rank with the same request. Returns the finished store (read-only on
-    ranks other than 0). A restarted elastic group (``TORCHELASTIC_RESTART_COUNT`` > 0)
-    resumes the store by itself.
+    ranks other than 0). A group restarted in place (``TORCHELASTIC_RESTART_COUNT`` > 0) is
+    given ``resume`` (not verified: see :func:`launch`).
     """
     own = ctx is None
     ctx = ctx or init_distributed(request.settings.device or "auto")
@@ -278,10 +278,11 @@ def _fill_upper_levels(store: SlideStore, progress: ProgressCallback | None) -> 
         report(progress, ProgressEvent("pyramid", i + 1, len(tiles), "pyramid levels"))
 
 
-def launch(argv: list[str], nproc: int, *, max_restarts: int = 3) -> None:
+def launch(argv: list[str], nproc: int, *, max_restarts: int = 0) -> None:
     """Run ``python -m napari_diffinfinite ARGV`` as ``nproc`` ranks on this machine (torchrun's
-    elastic launcher, standalone rendezvous); a group whose rank dies is restarted up to
-    ``max_restarts`` times, and resumes from the last saved state."""
+    elastic launcher, standalone rendezvous). When a rank dies the group is stopped; the saved
+    state is kept and ``--resume`` continues it. (``max_restarts`` > 0 restarts the group in
+    place; that path hung once in testing on a saturated CPU and is not the default.)"""
     import sys
 
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
@@ -296,6 +297,6 @@ def launch(argv: list[str], nproc: int, *, max_restarts: int = 3) -> None:
     except ChildFailedError as exc:
         failures = "; ".join(f"rank {f.local_rank}: exit code {f.exitcode}" for f in exc.failures.values())
         raise StoreError(
-            f"the {nproc} processes failed ({failures}), after {max_restarts} restarts; the state saved so far is "
-            "kept: run the same command with --resume to continue"
+            f"the {nproc} processes stopped ({failures}); the state saved so far is kept: run the same command "
+            "with --resume to continue"
         ) from None
