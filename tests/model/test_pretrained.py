@@ -1,4 +1,6 @@
 import json
+import os
+import stat
 
 import pytest
 import torch
@@ -17,6 +19,18 @@ def test_save_load_roundtrip(tmp_path):
     for k, v in model.unet.state_dict().items():
         assert torch.equal(loaded.unet.state_dict()[k], v)
     assert len(loaded.sha256) == 64
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_saved_files_honour_the_umask(tmp_path, umask):
+    # safetensors creates its file 0600: a shared model folder was unreadable to the group
+    previous = os.umask(umask)
+    try:
+        folder = save_pretrained(new_model(tiny_image_config()), tmp_path / "m")
+    finally:
+        os.umask(previous)
+    for name in ("config.json", "model.safetensors"):
+        assert stat.S_IMODE((folder / name).stat().st_mode) == 0o666 & ~umask, name
 
 
 def test_save_refuses_existing_folder(tmp_path):

@@ -144,10 +144,13 @@ def save_pretrained(model: DiffusionModel, folder: str | Path, overwrite: bool =
     remove_stale_temporaries(folder)
     tmp = make_temporary(folder, directory=True)
     try:
-        state = {k: v.detach().to("cpu").contiguous() for k, v in model.unet.state_dict().items()}
-        save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "kind": model.config.kind})
         config = {**model.config.to_dict(), WRITTEN_BY_KEY: WRITTEN_BY}
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+        state = {k: v.detach().to("cpu").contiguous() for k, v in model.unet.state_dict().items()}
+        save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "kind": model.config.kind})
+        # safetensors creates its file with mode 0600 whatever the umask; give the weights the
+        # mode the umask gave config.json, so that a shared model folder is readable as usual
+        os.chmod(tmp / WEIGHTS_NAME, (tmp / CONFIG_NAME).stat().st_mode & 0o777)
         _replace(tmp, folder)
     except BaseException as exc:
         remove_path(tmp)
