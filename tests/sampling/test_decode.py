@@ -51,7 +51,9 @@ def test_resume_from_a_row_writes_only_remaining_rows():
 
 def test_margin_wider_than_a_tile_is_refused():
     with pytest.raises(ValueError, match="wider than a tile"):
-        decode_tiles(torch.zeros(4, 24, 24), _smooth_decoder, scale=8, image_shape=(192, 192), write=print, tile=64, margin=16)
+        decode_tiles(
+            torch.zeros(4, 24, 24), _smooth_decoder, scale=8, image_shape=(192, 192), write=print, tile=64, margin=16
+        )
 
 
 @pytest.mark.slow
