@@ -273,3 +273,60 @@ def test_signal_saves_state_and_resume_equals_uninterrupted(
     assert not SlideStore.open(out).provenance["complete"]
     assert main(["generate", "--out", str(out), "--resume", "--model", str(tiny_image_model_dir), "-q"]) == 0
     assert np.array_equal(SlideStore.open(out).image_level(0)[:], signal_reference)
+
+
+def _square(x0, y0, x1, y1):
+    return [[[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]]
+
+
+def _feature(object_type, name, ring):
+    return {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": ring},
+            "properties": {"objectType": object_type, "classification": {"name": name}}}  # fmt: skip
+
+
+@pytest.fixture
+def qupath_all_objects(tmp_path):
+    """A QuPath "export all objects" file: an annotation, a derived-class annotation and a detection."""
+    features = [
+        _feature("annotation", "class 1", _square(0, 0, 128, 256)),
+        _feature("annotation", "class 2: Positive", _square(128, 0, 192, 256)),
+        _feature("detection", "class 2", _square(200, 0, 256, 256)),
+    ]
+    path = tmp_path / "all.geojson"
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+    return path
+
+
+def test_generate_says_how_a_geojson_was_read(tmp_path, tiny_image_model_dir, qupath_all_objects, capsys):
+    out = tmp_path / "g.zarr"
+    args = ["generate", "--out", str(out), "--size", "256x256", "--model", str(tiny_image_model_dir),
+            "--mask", str(qupath_all_objects), "--steps", "1", "-q"]  # fmt: skip
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    layout_line = next(line for line in printed.splitlines() if line.startswith("layout:"))
+    assert "skipped 1 detection" in layout_line and "'class 2: Positive' as 'class 2'" in layout_line
+    assert "--include-detections" in layout_line
+    labels = SlideStore.open(out).label_level(0)
+    assert labels[0, 250] == 0  # the detection is not painted by default
+    out2 = tmp_path / "g2.zarr"
+    assert main([*args[:2], str(out2), *args[3:], "--include-detections"]) == 0
+    assert SlideStore.open(out2).label_level(0)[0, 250] == 2
+
+
+def test_generate_says_how_a_label_image_was_read(tmp_path, tiny_image_model_dir, capsys):
+    Image.fromarray(np.ones((8, 8), np.uint8)).save(tmp_path / "m.png")
+    assert main(["generate", "--out", str(tmp_path / "m.zarr"), "--size", "256x256", "--model",
+                 str(tiny_image_model_dir), "--mask", str(tmp_path / "m.png"), "--steps", "1", "-q"]) == 0  # fmt: skip
+    assert any(line.startswith("layout:") and "read as a label image" in line
+               for line in capsys.readouterr().out.splitlines())  # fmt: skip
+
+
+def test_resume_of_a_complete_store_does_nothing(tmp_path, tiny_image_model_dir, capsys):
+    args = _label_args(tmp_path, tiny_image_model_dir)
+    assert main(args) == 0
+    out = tmp_path / "s.zarr"
+    before = SlideStore.open(out).provenance
+    capsys.readouterr()
+    assert main([*args, "--resume"]) == 0
+    assert "already complete; nothing to do" in capsys.readouterr().out
+    assert SlideStore.open(out).provenance == before

@@ -14,7 +14,7 @@ from napari_diffinfinite.errors import StoreError
 from napari_diffinfinite.progress import Cancelled, CancelToken
 from napari_diffinfinite.slide.masks import CanvasMask, ConstantMask
 from napari_diffinfinite.slide.pyramid import downsample_image, downsample_labels
-from napari_diffinfinite.slide.store import SlideStore
+from napari_diffinfinite.slide.store import STATE_DIR, SlideStore
 
 NAMES = ["unknown", "tumor", "stroma", "fat"]
 COLORS = [(0, 0, 0), (200, 30, 30), (30, 200, 30), (240, 240, 120)]
@@ -429,3 +429,14 @@ def test_store_with_state_still_validates(filled):
         warnings.simplefilter("error", ValidationWarning)
         open_ome_zarr(s.path, version="0.4")
     assert SlideStore.open(s.path).shape == SHAPE
+
+
+def test_only_the_current_state_slot_stays_on_disk(tmp_path):
+    store = make_store(tmp_path / "s.zarr", (64, 64))
+    for step in range(3):
+        store.save_state({"latent": np.full((2, 4, 4), step, np.float32)}, {"step": step})
+        slots = sorted(p.name for p in (tmp_path / "s.zarr" / STATE_DIR).iterdir() if p.name.startswith("state_"))
+        assert len(slots) == 1, slots
+        arrays, meta = store.load_state()
+        assert meta["step"] == step and (arrays["latent"] == step).all()
+    store.close()

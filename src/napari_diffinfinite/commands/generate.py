@@ -52,6 +52,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         action="store_true",
         help="leave out GeoJSON annotations whose class the model does not have (default: refuse them)",
     )
+    src.add_argument(
+        "--include-detections",
+        action="store_true",
+        help="paint QuPath detections and cells of a GeoJSON too (default: annotations only)",
+    )
     s = p.add_argument_group("sampling (on --resume, left out = the store's)")
     s.add_argument("--steps", type=int, help="DDIM steps (default: the model's, 250 for official models)")
     s.add_argument("--omega", type=float, help="guidance strength omega (cond_scale = omega + 1; default 3)")
@@ -85,8 +90,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="keep the sampler state in the finished store (default: dropped, the store holds the slide only)",
     )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    p.add_argument("--nproc", type=int, default=1,
-                   help="processes (one per GPU) sharing this one slide, launched here; see docs/scale.md (default 1)")
+    p.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        help="processes (one per GPU) sharing this one slide, launched here; see docs/scale.md (default 1)",
+    )
     p.set_defaults(interrupted=INTERRUPTED)
     return p
 
@@ -97,7 +106,7 @@ def request_from_args(args: argparse.Namespace) -> engine.GenerateRequest:
     layout = engine.LayoutSource(
         mask=args.mask, label=args.label, mask_model=args.mask_model, condition=args.mask_condition,
         omega=args.mask_omega, seed=args.mask_seed, tissue_label=args.tissue_label, num_labels=args.num_labels,
-        skip_unknown=args.skip_unknown,
+        skip_unknown=args.skip_unknown, include_detections=args.include_detections,
     )  # fmt: skip
     settings = engine.GenerateSettings(
         steps=args.steps, omega=args.omega, eta=args.eta, seed=args.seed, batch_size=args.batch_size,
@@ -110,6 +119,19 @@ def request_from_args(args: argparse.Namespace) -> engine.GenerateRequest:
     )  # fmt: skip
 
 
+def _already_complete(path: Path) -> bool:
+    """Whether ``path`` is a finished slide store (a ``--resume`` of it has nothing to do)."""
+    if not path.is_dir():
+        return False
+    from ..errors import DiffInfiniteError
+    from ..slide.store import SlideStore
+
+    try:
+        return bool(SlideStore.open(path).provenance.get("complete"))
+    except (DiffInfiniteError, OSError, ValueError):
+        return False  # not a readable store: the engine says what is wrong with it
+
+
 def run(args: argparse.Namespace) -> int:
     from ..distributed_slide import launched_distributed, rank, run_generate_distributed
 
@@ -118,6 +140,9 @@ def run(args: argparse.Namespace) -> int:
 
         return run_ranks(args)
     request = request_from_args(args)
+    if request.resume and _already_complete(request.path):
+        print(f"{request.path} is already complete; nothing to do (describe it: diffinfinite info {request.path})")
+        return 0
     configure_torch_threads()  # few threads on a busy machine: see napari_diffinfinite/threads.py
     progress = TqdmProgress(disable=args.quiet or rank() != 0)
     started = time.perf_counter()
@@ -135,6 +160,8 @@ def run(args: argparse.Namespace) -> int:
     if source.startswith("random-init"):
         print(f"note: {source}; train the demo with scripts/train_demo.py or pass --model")
     stats = provenance.get("sampler_stats", {})
+    if provenance.get("mask"):
+        print(engine.describe_layout(provenance["mask"]))
     print(f"wrote {store.path} ({engine.format_size(store.shape)} px, {store.num_levels} levels) in {elapsed:.1f} s")
     if stats:
         print(

@@ -24,7 +24,7 @@ from .geometry import (
     slide_cost,
 )
 from .job import ResumePoint, generate_slide, resume_slide, run_generate
-from .layout import LayoutSource, build_layout, mask_from_path, read_layout, sample_layout
+from .layout import LayoutSource, build_layout, describe_layout, mask_from_path, read_layout, sample_layout
 from .models import (
     LoadedModels,
     available_devices,
@@ -42,7 +42,7 @@ from .request import GenerateRequest, GenerateSettings, validate, validate_for_m
 __all__ = [
     "MAX_CANVAS_SIDE", "GenerateRequest", "GenerateSettings", "LayoutSource", "LoadedModels", "ResumePoint",
     "SlideCost", "available_devices", "build_layout", "canvas_downsample", "canvas_shape", "canvas_transform",
-    "check_slide_size", "describe_model", "dtype_name", "format_size", "generate_slide", "latent_shape",
+    "check_slide_size", "describe_layout", "describe_model", "dtype_name", "format_size", "generate_slide", "latent_shape",
     "load_codec", "load_image_model", "load_mask_model", "load_models", "mask_from_path", "parse_size",
     "read_layout", "resolve_device", "resolve_dtype", "resume_slide", "run_generate", "sample_layout",
     "slide_cost", "validate", "validate_for_model",

@@ -22,8 +22,6 @@ from ..slide.masks import CanvasMask, ConstantMask, MaskSource, mask_from_file
 from .geometry import format_size
 from .models import ModelSpec, resolve_device, resolve_dtype
 
-_SLIDE_SUFFIXES = (".svs", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide")
-
 
 @dataclass
 class LayoutSource:
@@ -33,7 +31,8 @@ class LayoutSource:
 
     ``mask``: a label image (PNG/TIFF), a QuPath GeoJSON or a real slide (its tissue layout,
     tissue = ``tissue_label``); ``skip_unknown`` leaves out GeoJSON classes the model lacks
-    instead of refusing them. ``canvas``: a uint8 label canvas stretched over the slide (what
+    instead of refusing them; ``include_detections`` paints QuPath detections and cells too
+    (by default only annotations are painted). ``canvas``: a uint8 label canvas stretched over the slide (what
     the napari canvas holds); ``source``: a ready mask source (e.g. from :func:`read_layout`),
     described by ``info``. ``mask_model``: a mask model (path, "default" for the demo, or
     loaded) sampled with ``condition``, ``omega``, ``seed`` (None = the slide's seed), ``steps``
@@ -52,6 +51,7 @@ class LayoutSource:
     tissue_label: int = 1
     num_labels: int | None = None
     skip_unknown: bool = False
+    include_detections: bool = False
     info: dict[str, Any] | None = None  # provenance of a given canvas (e.g. how it was painted)
 
     def chosen(self) -> list[str]:
@@ -66,16 +66,6 @@ class LayoutSource:
         return self.mask is None and self.source is None and self.label is None and self.canvas is None
 
 
-def _is_real_slide(path: Path) -> bool:
-    """Whether ``path`` is a whole-slide image (its tissue layout is used) rather than a label image.
-
-    Decided by content (vendor format, colour pixels), not by tiling: an exported label TIFF is labels.
-    """
-    from ..slide.masks import mask_file_kind
-
-    return mask_file_kind(path).kind == "real slide"
-
-
 def read_layout(
     path: str | Path,
     size: tuple[int, int],
@@ -83,6 +73,7 @@ def read_layout(
     *,
     tissue_label: int = 1,
     skip_unknown: bool = False,
+    include_detections: bool = False,
 ) -> tuple[MaskSource, dict[str, Any]]:
     """A mask source for a slide of ``size`` (H, W) from a file, and a description for provenance.
 
@@ -100,23 +91,31 @@ def read_layout(
         raise MaskError(f"mask {path} is a folder; give a label image, a GeoJSON file or a slide file")
     suffix = path.suffix.lower()
     if suffix in (".geojson", ".json"):
-        return _read_geojson(path, size, class_names, skip_unknown)
-    if _is_real_slide(path):
+        return _read_geojson(path, size, class_names, skip_unknown, include_detections)
+    from ..slide.masks import mask_file_kind
+
+    kind = mask_file_kind(path)
+    if kind.kind == "real slide":
         from ..slide.tissue import tissue_layout_source
 
         if not 0 < tissue_label < len(class_names):
             raise MaskError(f"tissue label {tissue_label} is not one of the model's classes 1..{len(class_names) - 1}")
         source = tissue_layout_source(path, tissue_label=tissue_label, slide_shape=size)
-        return source, {"source": str(path), "type": "real-slide tissue layout", "tissue_label": tissue_label}
-    return mask_from_file(path, size), {"source": str(path), "type": "label image"}
+        info = {"source": str(path), "type": "real-slide tissue layout", "tissue_label": tissue_label,
+                "read_as": kind.reason}  # fmt: skip
+        return source, info
+    return mask_from_file(path, size), {"source": str(path), "type": "label image", "read_as": kind.reason}
 
 
-def _read_geojson(path: Path, size: tuple[int, int], class_names: list[str], skip_unknown: bool):
-    from ..slide.geojson import geojson_to_labels
+def _read_geojson(
+    path: Path, size: tuple[int, int], class_names: list[str], skip_unknown: bool, include_detections: bool = False
+):
+    from ..slide.geojson import ALL_AREA_TYPES, ANNOTATION_TYPES, geojson_to_labels
 
     imported = geojson_to_labels(
-        path, class_names=class_names, slide_shape=size, on_unknown="skip" if skip_unknown else "error"
-    )
+        path, class_names=class_names, slide_shape=size, on_unknown="skip" if skip_unknown else "error",
+        object_types=ALL_AREA_TYPES if include_detections else ANNOTATION_TYPES,
+    )  # fmt: skip
     if not imported.painted:
         raise MaskError(
             f"{path} has no area annotation with a class of this model ({imported.summary()}); "
@@ -127,8 +126,29 @@ def _read_geojson(path: Path, size: tuple[int, int], class_names: list[str], ski
             f"every annotation in {path} lies outside the {format_size(size)} px slide; GeoJSON coordinates are "
             "level-0 pixels of the slide being generated: give the --size the annotations were drawn on"
         )
-    info = {"source": str(path), "type": "geojson", "painted": imported.painted, "unknown": imported.unknown}
+    info = {"source": str(path), "type": "geojson", "painted": imported.painted, "unknown": imported.unknown,
+            "derived": imported.derived, "skipped_objects": imported.skipped_objects,
+            "summary": imported.summary()}  # fmt: skip
     return CanvasMask(imported.canvas, size), info
+
+
+def describe_layout(info: dict[str, Any]) -> str:
+    """One line telling the user how the layout was read (the interpretation of a mask file,
+    what a GeoJSON import painted and skipped), from the provenance ``info`` of :func:`build_layout`."""
+    kind = info.get("type", "layout")
+    source = info.get("source")
+    if kind == "geojson":
+        return f"layout: GeoJSON {source}: {info.get('summary') or 'painted ' + str(info.get('painted'))}"
+    if kind in ("label image", "real-slide tissue layout"):
+        text = f"layout: {source} read as a {kind}"
+        if kind == "real-slide tissue layout":
+            text += f" (tissue = label {info.get('tissue_label')})"
+        return text + (f"; {info['read_as']}" if info.get("read_as") else "")
+    if kind == "constant":
+        return f"layout: label {info.get('label')} everywhere"
+    if kind == "sampled":
+        return f"layout: sampled by the mask model (condition {info.get('condition')}, seed {info.get('seed')})"
+    return f"layout: {kind}"
 
 
 #: The former name of :func:`read_layout`.
@@ -214,7 +234,7 @@ def build_layout(
     """The mask source of ``layout`` over a slide of ``size``, and its provenance."""
     if layout.mask is not None:
         return read_layout(layout.mask, size, class_names, tissue_label=layout.tissue_label,
-                           skip_unknown=layout.skip_unknown)  # fmt: skip
+                           skip_unknown=layout.skip_unknown, include_detections=layout.include_detections)  # fmt: skip
     if layout.label is not None:
         return ConstantMask(layout.label, size), {"type": "constant", "label": int(layout.label)}
     if layout.canvas is not None:

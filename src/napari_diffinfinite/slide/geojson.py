@@ -67,6 +67,9 @@ __all__ = [
 ANNOTATION_TYPES = ("annotation",)
 """QuPath object types imported by default; detections, cells and tiles are skipped."""
 
+ALL_AREA_TYPES = ("annotation", "detection", "cell", "tile")
+"""QuPath object types painted with ``--include-detections``."""
+
 
 def normalise_color(color: Any) -> list[int]:
     """An [r, g, b] list from [r, g, b(, a)], "#rrggbb", or a packed (A)RGB integer."""
@@ -358,7 +361,7 @@ class GeoJsonImport:
             parts.append(f"painted derived classes as their base class: {names}")
         if self.skipped_objects:
             kinds = ", ".join(f"{n} {kind}{'s' if n > 1 else ''}" for kind, n in self.skipped_objects.items())
-            parts.append(f"skipped {kinds} (only annotations are imported; include other object types to paint them)")
+            parts.append(f"skipped {kinds} (only annotations are imported; --include-detections paints them too)")
         if self.unknown:
             names = ", ".join(f"{name!r} ({n})" for name, n in self.unknown.items())
             parts.append(f"skipped unknown classes {names}")
@@ -563,8 +566,8 @@ def geojson_to_labels(
         known = ", ".join(f"{i} = {n!r}" for i, n in enumerate(class_names))
         raise MaskError(
             f"the GeoJSON uses classes the model does not have: {found}. The model's "
-            f"classes are {known}. Rename the classes in QuPath, or import with "
-            "on_unknown='skip' (--skip-unknown) to leave them out."
+            f"classes are {known}. Rename the classes in QuPath, or pass --skip-unknown "
+            "(on_unknown='skip' from Python) to leave them out."
         )
     result.unknown = dict(unknown)
     result.skipped_objects = dict(skipped)

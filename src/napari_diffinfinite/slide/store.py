@@ -510,8 +510,8 @@ class SlideStore:
 
         Two slots (``state_0``, ``state_1``) alternate: the arrays go as ``.npy`` files into the
         slot that is not current, are flushed to disk, and only then does the pointer
-        (``state.json``, replaced by rename) switch to it. A crash at any point leaves the
-        previous complete state loadable. ``meta`` must be JSON-like; tuples come back as lists.
+        (``state.json``, replaced by rename) switch to it; the previous slot is then deleted. A
+        crash at any point leaves the previous complete state loadable. ``meta`` must be JSON-like; tuples come back as lists.
         """
         self._require_writable()
         meta_json = _jsonable(meta, "state meta")
@@ -539,6 +539,9 @@ class SlideStore:
                 "saved": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             }
             self._commit_state_pointer(self._state_dir / _STATE_POINTER, record)
+            # The previous state is no longer needed once the pointer names the new one: one slot on disk.
+            other = _STATE_SLOTS[0] if slot == _STATE_SLOTS[1] else _STATE_SLOTS[1]
+            shutil.rmtree(self._state_dir / other, ignore_errors=True)
 
     @staticmethod
     def _commit_state_pointer(path: Path, pointer: dict) -> None:
