@@ -330,3 +330,20 @@ def test_resume_of_a_complete_store_does_nothing(tmp_path, tiny_image_model_dir,
     assert main([*args, "--resume"]) == 0
     assert "already complete; nothing to do" in capsys.readouterr().out
     assert SlideStore.open(out).provenance == before
+
+
+@pytest.mark.parametrize("kind", ["text file", "tiff", "empty folder"])
+def test_info_names_what_it_accepts(tmp_path, capsys, kind):
+    if kind == "text file":
+        path = tmp_path / "notes.txt"
+        path.write_text("not a model")
+    elif kind == "tiff":
+        path = tmp_path / "slide.tif"
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(path)
+    else:
+        path = tmp_path / "empty"
+        path.mkdir()
+    assert main(["info", str(path)]) == 1
+    line = _one_error_line(capsys.readouterr().err)
+    assert "slide store" in line and "model folder" in line and "model-N.pt" in line
+    assert "SHA-256" not in line and "LocalStore" not in line

@@ -18,11 +18,35 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
+_ACCEPTS = (
+    "info describes a slide store (a .zarr folder written by diffinfinite generate), a model folder "
+    "(config.json + model.safetensors) or an official DiffInfinite checkpoint (model-N.pt)"
+)
+_CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".safetensors")
+
+
+def _looks_like_checkpoint(path: Path) -> bool:
+    """A file to hand to the model loader: a checkpoint suffix, or a zip (torch's format) by content."""
+    if path.suffix.lower() in _CHECKPOINT_SUFFIXES:
+        return True
+    with open(path, "rb") as f:
+        return f.read(4) == b"PK\x03\x04"
+
+
 def describe_path(path: Path) -> dict:
+    """What ``info`` prints for ``path``, decided by content; anything else is refused with what is accepted."""
     if not path.exists():
-        raise DiffInfiniteError(f"{path} does not exist")
-    if path.is_file() or (path / CONFIG_NAME).is_file():
+        raise DiffInfiniteError(f"{path} does not exist; {_ACCEPTS}")
+    if path.is_file():
+        if not _looks_like_checkpoint(path):
+            raise DiffInfiniteError(f"{path} is neither a checkpoint nor a slide store; {_ACCEPTS}")
         return {"type": "model", **engine.describe_model(load_model(path))}
+    if (path / CONFIG_NAME).is_file():
+        return {"type": "model", **engine.describe_model(load_model(path))}
+    if not ((path / ".zattrs").is_file() or (path / "zarr.json").is_file()):
+        raise DiffInfiniteError(
+            f"{path} is a folder with neither {CONFIG_NAME} (a model folder) nor zarr metadata (a slide store); {_ACCEPTS}"
+        )
     from ..slide.store import SlideStore
 
     store = SlideStore.open(path)
