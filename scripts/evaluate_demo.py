@@ -68,6 +68,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--layouts", nargs="+", choices=LAYOUTS, default=list(LAYOUTS))
     p.add_argument("--omega", type=float, nargs="+", default=[3.0], help="guidance strength(s) (default 3)")
     p.add_argument("--steps", type=int, help="DDIM steps (default: the model's)")
+    p.add_argument("--size", type=int, default=768, help="side of the disc and band layouts (px)")
+    p.add_argument("--checker-square", type=int, default=512, help="side of a checkerboard square (px)")
+    p.add_argument(
+        "--merge",
+        type=Path,
+        nargs="+",
+        metavar="WORK",
+        help="combine the results of runs in these folders (e.g. layouts run in parallel) into --work",
+    )
     p.add_argument("--mask-steps", type=int, help="DDIM steps of the mask model (default: the model's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, help="torch CPU threads")
@@ -77,13 +86,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def disc_layout(size: int = 768, radius: int = 240) -> np.ndarray:
+def disc_layout(size: int = 768) -> np.ndarray:
+    radius = round(size * 5 / 16)
     yy, xx = np.mgrid[:size, :size]
     inside = (yy - size / 2 + 0.5) ** 2 + (xx - size / 2 + 0.5) ** 2 <= radius**2
     return np.where(inside, EPIDERMIS, DERMIS).astype(np.uint8)
 
 
-def band_layout(size: int = 768, band: int = 256) -> np.ndarray:
+def band_layout(size: int = 768) -> np.ndarray:
+    band = size // 3
     layout = np.full((size, size), DERMIS, np.uint8)
     top = (size - band) // 2
     layout[top : top + band] = BACKGROUND
@@ -96,13 +107,16 @@ def checkerboard_layout(square: int = 512) -> np.ndarray:
     return np.kron(blocks, np.ones((square, square), np.uint8))
 
 
-def test_layouts(names: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
+def test_layouts(
+    names: list[str], size: int = 768, square: int = 512
+) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
     """name -> (layout, real image or None)."""
     out: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
     if "training" in names:
         rgb, pixel_size = demo_data.read_slide_rgb(demo_data.demo_slide(), demo_data.DEMO_DOWNSAMPLE)
         out["training"] = (demo_data.derive_labels(rgb, pixel_size).labels, rgb)
-    makers = {"disc": disc_layout, "band": band_layout, "checkerboard": checkerboard_layout}
+    makers = {"disc": lambda: disc_layout(size), "band": lambda: band_layout(size),
+              "checkerboard": lambda: checkerboard_layout(square)}  # fmt: skip
     for name in names:
         if name in makers:
             out[name] = (makers[name](), None)
@@ -132,7 +146,7 @@ def evaluate_image_model(args: argparse.Namespace) -> tuple[dict, dict]:
     codec = engine.load_codec(None, model)
     mapping = named_mapping(model.config.class_names, CLASS_MAP)
     segmenter = HESegmenter()
-    layouts = test_layouts(args.layouts)
+    layouts = test_layouts(args.layouts, args.size, args.checker_square)
     real_glass = None
     if "training" in layouts:
         layout, rgb = layouts["training"]
@@ -253,6 +267,37 @@ def write_pictures(image_pictures: dict, mask_pictures: dict) -> None:
         _captioned([panels], captions, side).save(DOCS_IMAGES / "demo-layouts.png")
 
 
+def save_pictures(path: Path, image_pictures: dict, mask_pictures: dict) -> None:
+    arrays = {f"image:{name}:{i}": a for name, parts in image_pictures.items() for i, a in enumerate(parts)}
+    arrays.update({f"mask:{key}": a for key, a in mask_pictures.items()})
+    np.savez_compressed(path, **arrays)
+
+
+def merge(folders: list[Path]) -> tuple[dict, dict, dict]:
+    """One report and one set of pictures from runs in several folders (later folders win)."""
+    report: dict = {}
+    image_pictures: dict = {}
+    mask_pictures: dict = {}
+    for folder in folders:
+        part = json.loads((folder / "evaluation.json").read_text())
+        if "image" in part:
+            layouts = {**report.get("image", {}).get("layouts", {}), **part["image"]["layouts"]}
+            real = part["image"].get("real_glass_luminance") or report.get("image", {}).get("real_glass_luminance")
+            report["image"] = {**part["image"], "layouts": layouts, "real_glass_luminance": real}
+        if "mask" in part:
+            report["mask"] = part["mask"]
+        with np.load(folder / "pictures.npz") as arrays:
+            for key in arrays.files:
+                kind, _, rest = key.partition(":")
+                if kind == "image":
+                    name, index = rest.rsplit(":", 1)
+                    image_pictures.setdefault(name, [None, None, None])[int(index)] = arrays[key]
+                else:
+                    mask_pictures[int(rest) if rest.isdigit() else rest] = arrays[key]
+    ordered = {name: tuple(image_pictures[name]) for name in LAYOUTS if name in image_pictures}
+    return report, ordered, mask_pictures
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.threads:
@@ -261,11 +306,15 @@ def main(argv: list[str] | None = None) -> int:
     report: dict = {}
     image_pictures: dict = {}
     mask_pictures: dict = {}
-    if not args.skip_image:
+    if not args.skip_image and not args.merge:
         report["image"], image_pictures = evaluate_image_model(args)
-    if not args.skip_mask:
+    if not args.skip_mask and not args.merge:
         report["mask"], mask_pictures = evaluate_mask_model(args)
     report["threads"] = torch.get_num_threads()
+    if args.merge:
+        report, image_pictures, mask_pictures = merge(args.merge)
+    else:
+        save_pictures(args.work / "pictures.npz", image_pictures, mask_pictures)
     (args.work / "evaluation.json").write_text(json.dumps(report, indent=2) + "\n")
     if not args.no_images:
         write_pictures(image_pictures, mask_pictures)

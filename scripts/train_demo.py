@@ -263,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
             report_path.write_text(json.dumps(report, indent=2) + "\n")
             if not args.no_install:
                 install(kind, args.work, report[f"{kind}_training"], data["info"])
-    if not args.skip_eval:
+    if not args.skip_eval and not args.install_only:
         report["evaluation"] = evaluate(args.work, args)
         report_path.write_text(json.dumps(report, indent=2) + "\n")
         report["generate"] = benchmark_generate(args.generate_size, args.work)
