@@ -13,6 +13,7 @@ import xml.etree.ElementTree as ET
 import numpy as np
 import pytest
 import tifffile
+import zarr
 
 from napari_diffinfinite.errors import ExportError
 from napari_diffinfinite.progress import Cancelled, CancelToken
@@ -407,3 +408,29 @@ def test_peak_memory_does_not_grow_with_the_slide(tmp_path):
     np.testing.assert_array_equal(
         exported.image_level(0)[:, 4095:4607, 4095:4607], store.image_level(0)[:, 4096:4608, 4096:4608]
     )
+
+
+@pytest.mark.parametrize("version", ["0.4", "0.5"])
+def test_ome_zarr_region_carries_its_place_on_the_slide(slide_store, tmp_path, version):
+    """Every level (image and labels) has a translation to the region's corner, in micrometres."""
+    from ome_zarr_models import open_ome_zarr
+
+    from napari_diffinfinite.slide.ngff import ngff_attrs
+    from napari_diffinfinite.widgets._geometry import ngff_translation
+
+    out = tmp_path / "r.zarr"
+    export_slide(slide_store, out, "ome-zarr", (37, 101, 600, 700), ngff_version=version)
+    open_ome_zarr(out)  # still valid NGFF
+    root = zarr.open_group(str(out), mode="r")
+    for group in (root, root["labels"]["tissue"]):
+        for dataset in ngff_attrs(dict(group.attrs))["multiscales"][0]["datasets"]:
+            kinds = [t["type"] for t in dataset["coordinateTransformations"]]
+            assert kinds == ["scale", "translation"]
+            assert dataset["coordinateTransformations"][1]["translation"][-2:] == pytest.approx(
+                [101 * PIXEL_SIZE, 37 * PIXEL_SIZE]
+            )
+    assert ngff_translation(ngff_attrs(dict(root.attrs))) == pytest.approx((101 * PIXEL_SIZE, 37 * PIXEL_SIZE))
+    whole = tmp_path / "w.zarr"
+    export_slide(slide_store, whole, "ome-zarr", None, ngff_version=version)
+    datasets = ngff_attrs(dict(zarr.open_group(str(whole), mode="r").attrs))["multiscales"][0]["datasets"]
+    assert all(len(d["coordinateTransformations"]) == 1 for d in datasets)  # the whole slide sits at 0, 0

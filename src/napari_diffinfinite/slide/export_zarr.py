@@ -107,13 +107,13 @@ def export_ome_zarr(
         if has_labels:
             ngff.write_label_metadata(
                 root, version=version, num_levels=len(shapes), pixel_size_um=store.pixel_size_um,
-                class_names=store.class_names, class_colors=store.class_colors,
+                class_names=store.class_names, class_colors=store.class_colors, origin=(box[1], box[0]),
             )  # fmt: skip
         ngff.write_ome_xml(root, tmp, version=version, name=name, shape=shapes[0], pixel_size_um=store.pixel_size_um)
         # Root metadata last: a reader that sees "multiscales" finds every array in place.
         ngff.write_image_metadata(
             root, version=version, name=name, num_levels=len(shapes), pixel_size_um=store.pixel_size_um,
-            extra={PROVENANCE_KEY: export_provenance(store, f"ome-zarr {version}", box)},
+            extra={PROVENANCE_KEY: export_provenance(store, f"ome-zarr {version}", box)}, origin=(box[1], box[0]),
         )  # fmt: skip
     return ExportResult(
         path=target,

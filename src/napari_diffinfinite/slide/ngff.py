@@ -70,24 +70,40 @@ def axes(pixel_size_um: float | None, channel: bool) -> list[dict[str, str]]:
     return head + [{"name": n, "type": "space", **unit} for n in ("y", "x")]
 
 
-def datasets(num_levels: int, pixel_size_um: float | None, channel: bool) -> list[dict[str, Any]]:
-    """Level paths "0", "1", ... with 2**k scale transforms (in micrometres when known)."""
+def datasets(
+    num_levels: int, pixel_size_um: float | None, channel: bool, origin: tuple[int, int] | None = None
+) -> list[dict[str, Any]]:
+    """Level paths "0", "1", ... with 2**k scale transforms (in micrometres when known).
+
+    ``origin`` (y, x), in level-0 pixels of a source slide, adds a translation to every level,
+    so that a region exported from a slide is placed where it lies on that slide.
+    """
     px = 1.0 if pixel_size_um is None else float(pixel_size_um)
     out = []
     for k in range(num_levels):
         scale = ([1.0] if channel else []) + [px * 2**k] * 2
-        out.append({"path": str(k), "coordinateTransformations": [{"type": "scale", "scale": scale}]})
+        transforms: list[dict[str, Any]] = [{"type": "scale", "scale": scale}]
+        if origin is not None and any(origin):
+            translation = ([0.0] if channel else []) + [float(origin[0]) * px, float(origin[1]) * px]
+            transforms.append({"type": "translation", "translation": translation})
+        out.append({"path": str(k), "coordinateTransformations": transforms})
     return out
 
 
 def _multiscale(
-    version: str, name: str, num_levels: int, pixel_size_um: float | None, channel: bool, method: str
+    version: str,
+    name: str,
+    num_levels: int,
+    pixel_size_um: float | None,
+    channel: bool,
+    method: str,
+    origin: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
     meta: dict[str, Any] = {"version": version} if version == "0.4" else {}
     meta.update(
         name=name,
         axes=axes(pixel_size_um, channel),
-        datasets=datasets(num_levels, pixel_size_um, channel),
+        datasets=datasets(num_levels, pixel_size_um, channel, origin),
         type=method,
     )
     return meta
@@ -145,6 +161,7 @@ def write_label_metadata(
     class_names: Sequence[str],
     class_colors: Sequence[Sequence[int]],
     name: str = LABEL_NAME,
+    origin: tuple[int, int] | None = None,
 ) -> None:
     """Metadata of ``labels/<name>`` (its level arrays must exist) and of the ``labels`` group."""
     labels = root["labels"]
@@ -152,7 +169,7 @@ def write_label_metadata(
         labels[name],
         version,
         {
-            "multiscales": [_multiscale(version, name, num_levels, pixel_size_um, False, "nearest")],
+            "multiscales": [_multiscale(version, name, num_levels, pixel_size_um, False, "nearest", origin)],
             "image-label": image_label(version, class_names, class_colors),
         },
     )
@@ -167,14 +184,16 @@ def write_image_metadata(
     num_levels: int,
     pixel_size_um: float | None,
     extra: dict[str, Any] | None = None,
+    origin: tuple[int, int] | None = None,
 ) -> None:
     """The root image's ``multiscales``, ``omero`` and ``bioformats2raw.layout``, plus ``extra``.
 
     Written in one attribute update, last: a reader that sees ``multiscales`` finds every
-    level in place. ``extra`` holds our own top-level attributes (the provenance).
+    level in place. ``extra`` holds our own top-level attributes (the provenance); ``origin``
+    (y, x) places an exported region on its source slide (see :func:`datasets`).
     """
     meta = {
-        "multiscales": [_multiscale(version, name, num_levels, pixel_size_um, True, "mean")],
+        "multiscales": [_multiscale(version, name, num_levels, pixel_size_um, True, "mean", origin)],
         "omero": omero(name, version if version == "0.4" else None),
         "bioformats2raw.layout": BIOFORMATS2RAW_LAYOUT,
     }
