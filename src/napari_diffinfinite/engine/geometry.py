@@ -71,15 +71,21 @@ def canvas_shape(size: tuple[int, int], factor: int) -> tuple[int, int]:
     return max(1, -(-int(size[0]) // int(factor))), max(1, -(-int(size[1]) // int(factor)))
 
 
-def canvas_transform(size: tuple[int, int], canvas: tuple[int, int]) -> tuple[tuple[float, float], tuple[float, float]]:
+def canvas_transform(
+    size: tuple[int, int], canvas: tuple[int, int], pixel_size_um: float | None = None
+) -> tuple[tuple[float, float], tuple[float, float]]:
     """``scale`` and ``translate`` that lay a canvas of shape ``canvas`` exactly over the slide.
 
     Slide pixel y takes canvas pixel ``(y * ch) // H`` (nearest neighbour, what
     :class:`~napari_diffinfinite.slide.masks.CanvasMask` does), so canvas pixel j covers slide
     pixels [j*s, (j+1)*s) with s = H / ch; a viewer placing pixel centres shifts by (s - 1) / 2.
+    With ``pixel_size_um`` both are in micrometres (world units of a calibrated viewer), else
+    in slide pixels.
     """
-    scale = (float(size[0]) / float(canvas[0]), float(size[1]) / float(canvas[1]))
-    return scale, ((scale[0] - 1.0) / 2.0, (scale[1] - 1.0) / 2.0)
+    px = float(pixel_size_um) if pixel_size_um else 1.0
+    ratio = (float(size[0]) / float(canvas[0]), float(size[1]) / float(canvas[1]))
+    scale = (ratio[0] * px, ratio[1] * px)
+    return scale, ((ratio[0] - 1.0) / 2.0 * px, (ratio[1] - 1.0) / 2.0 * px)
 
 
 def _gb(n: float) -> str:

@@ -13,7 +13,17 @@ from typing import Any
 
 import numpy as np
 
-#: the auto downsample keeps the canvas's longer side at or below this many pixels
+# One rule for the canvas-to-slide geometry: the engine's (a canvas painted here is what it samples).
+from ..engine.geometry import canvas_downsample, canvas_shape, canvas_transform
+
+__all__ = [
+    "MAX_CANVAS_SIDE", "MICROMETRE", "auto_downsample", "canvas_shape", "canvas_transform", "describe_length",
+    "export_origin", "ngff_translation", "region_from_corners", "scaled", "slide_translation", "world_scale",
+    "world_units",
+]  # fmt: skip
+
+#: the painting canvas in napari keeps its longer side at or below this many pixels (a GUI choice,
+#: smaller than the engine's limit: brushes stay fast on software OpenGL)
 MAX_CANVAS_SIDE = 2048
 #: napari's name for micrometres (the scale bar shows "µm")
 MICROMETRE = "um"
@@ -21,15 +31,7 @@ MICROMETRE = "um"
 
 def auto_downsample(shape: tuple[int, int], max_side: int = MAX_CANVAS_SIDE) -> int:
     """The smallest power of two that brings the slide's longer side to ``max_side`` or less."""
-    factor = 1
-    while max(shape) / factor > max_side:
-        factor *= 2
-    return factor
-
-
-def canvas_shape(shape: tuple[int, int], factor: int) -> tuple[int, int]:
-    """Canvas size for a slide of ``shape`` at ``factor`` (ceil, at least 1 x 1)."""
-    return tuple(max(1, -(-int(s) // int(factor))) for s in shape)  # type: ignore[return-value]
+    return canvas_downsample(shape, max_side)
 
 
 def world_scale(pixel_size_um: float | None) -> float:
@@ -40,22 +42,6 @@ def world_scale(pixel_size_um: float | None) -> float:
 def world_units(pixel_size_um: float | None) -> tuple[str, str] | None:
     """napari ``units`` of a layer whose scale is ``world_scale(pixel_size_um)``."""
     return (MICROMETRE, MICROMETRE) if pixel_size_um else None
-
-
-def canvas_transform(
-    slide: tuple[int, int], canvas: tuple[int, int], pixel_size_um: float | None = None
-) -> tuple[tuple[float, float], tuple[float, float]]:
-    """``scale`` and ``translate`` that lay a canvas exactly over the slide, in world units.
-
-    Canvas pixel j covers slide pixels [j*s, (j+1)*s) with s = slide / canvas (the same
-    nearest-neighbour rule the engine's :class:`CanvasMask` uses); napari places pixel
-    centres, hence the (s - 1) / 2 shift (in slide pixels, then times the pixel size).
-    """
-    px = world_scale(pixel_size_um)
-    ratio = tuple(float(S) / float(c) for S, c in zip(slide, canvas))
-    scale = tuple(r * px for r in ratio)
-    translate = tuple((r - 1.0) / 2.0 * px for r in ratio)
-    return scale, translate  # type: ignore[return-value]
 
 
 def region_from_corners(corners: Any, slide_shape: tuple[int, int]) -> tuple[int, int, int, int]:
