@@ -36,9 +36,9 @@ def test_train_mask_model_with_tissue_condition(tiles: Path, tmp_path: Path, cap
     args = ["train", "mask", "--tiles", str(tiles), "--out", str(out), "--steps", "2", "--condition", "tissue",
             "--classes", "background,pink,purple", "--dim", "8", "--patch-size", "16", "--pixel-unshuffle", "2",
             "--batch-size", "2", "--num-samples", "0", "--device", "cpu", "-q"]  # fmt: skip
-    # the demo mask preset samples masks at 1/8 of the slide: 16 px masks need 128 px tiles
+    # the demo mask preset samples masks at 1/4 of the slide: 16 px masks need 64 px tiles
     assert main(args) == 1
-    assert "smaller than one training tile of 128 px" in capsys.readouterr().err
+    assert "smaller than one training tile of 64 px" in capsys.readouterr().err
     assert main([*args, "--mask-downsample", "2"]) == 0
     model = load_model(out / "model")
     assert model.config.kind == "mask" and model.config.condition_names == ["any", "tissue"]
