@@ -86,14 +86,18 @@ def make_temporary(target: Path, directory: bool) -> Path:
     raise ExportError(f"cannot write {target}: no free temporary name next to it")
 
 
-def _pid_gone(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` of this host may still run. Only a definite "no such process"
+    counts as dead: a stale lock is taken over, or a temporary removed, only then."""
+    if pid <= 0:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
-        return True
-    except OSError:
         return False
-    return False
+    except OSError:  # EPERM (another user's live process) or anything unclear: assume alive
+        return True
+    return True
 
 
 def remove_stale_temporaries(target: str | os.PathLike) -> list[Path]:
@@ -108,7 +112,7 @@ def remove_stale_temporaries(target: str | os.PathLike) -> list[Path]:
         for path in candidates:
             host, _, rest = path.name[len(marker) :].partition("-")
             pid_text = rest.partition("-")[0]
-            if host != _HOST_TAG or not pid_text.isdigit() or not _pid_gone(int(pid_text)):
+            if host != _HOST_TAG or not pid_text.isdigit() or pid_alive(int(pid_text)):
                 continue
             remove_path(path)
             removed.append(path)

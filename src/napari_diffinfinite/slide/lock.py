@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import StoreError
+from .atomic import pid_alive
 
 try:  # POSIX; elsewhere the pid in the file is all there is
     import fcntl
@@ -61,18 +62,6 @@ def _describe(record: dict[str, Any] | None) -> str:
 
 def _ours(record: dict[str, Any] | None) -> bool:
     return bool(record) and record.get("pid") == os.getpid() and record.get("host") == socket.gethostname()
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    except OSError:
-        return False
-    return True
 
 
 class WriterLock:
@@ -140,7 +129,7 @@ class WriterLock:
     def _lock_fd(self, fd: int) -> bool:
         if fcntl is None:  # pragma: no cover - no flock: trust a live pid in the file
             record = read_lock(self.path)
-            return not (record and record.get("pid") != os.getpid() and _pid_alive(int(record.get("pid", 0))))
+            return not (record and record.get("pid") != os.getpid() and pid_alive(int(record.get("pid", 0))))
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
