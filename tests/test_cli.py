@@ -347,3 +347,14 @@ def test_info_names_what_it_accepts(tmp_path, capsys, kind):
     line = _one_error_line(capsys.readouterr().err)
     assert "slide store" in line and "model folder" in line and "model-N.pt" in line
     assert "SHA-256" not in line and "LocalStore" not in line
+
+
+def test_compile_flag_becomes_a_setting(tmp_path):
+    import argparse
+
+    from napari_diffinfinite.commands import generate
+
+    parser = argparse.ArgumentParser()
+    generate.add_parser(parser.add_subparsers())
+    args = parser.parse_args(["generate", "--out", str(tmp_path / "s.zarr"), "--label", "1", "--compile"])
+    assert generate.request_from_args(args).settings.compile is True

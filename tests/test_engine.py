@@ -271,3 +271,42 @@ def test_decoding_saves_the_state_at_most_once_per_interval(tmp_path, tiny_image
     decode_saves = [m for m, _ in saved if m["decoded_rows"] > 0]
     assert decode_saves == []  # 3 rows decoded, no interval elapsed: no full-latent rewrite per row
     assert [a for m, a in saved if m["step"] == 0] == [[], []]  # the keyed initial noise is never written
+
+
+def test_tiles_are_decoded_with_the_whole_latent_decoder(tmp_path, tiny_image_model, identity_codec, monkeypatch):
+    """The engine decodes through ``codec.tile_decoder(latent)`` (whole-latent GroupNorm statistics and
+    attention context for VAE codecs), not the plain per-window ``decode``."""
+    seen = []
+    plain = identity_codec.tile_decoder
+
+    def recording(latent):
+        seen.append(tuple(latent.shape))
+        return plain(latent)
+
+    monkeypatch.setattr(identity_codec, "tile_decoder", recording)
+    engine.generate_slide(
+        tmp_path / "s.zarr", (256, 256), image_model=tiny_image_model, codec=identity_codec,
+        mask=ConstantMask(1, (256, 256)), settings=engine.GenerateSettings(steps=1),
+    )  # fmt: skip
+    assert len(seen) == 1 and seen[0][-2:] == engine.latent_shape(
+        (256, 256), tiny_image_model.config, identity_codec.scale_factor
+    )
+
+
+def test_compile_setting_reaches_the_sampler(tmp_path, tiny_image_model, identity_codec, monkeypatch):
+    import napari_diffinfinite.engine.job as job
+
+    seen = {}
+    real = job.RandomPatchSampler
+
+    def recording(*args, **kwargs):
+        seen.update(kwargs)
+        kwargs["compile"] = False  # compiling takes minutes on a CPU; only the plumbing is tested here
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(job, "RandomPatchSampler", recording)
+    engine.generate_slide(
+        tmp_path / "s.zarr", (256, 256), image_model=tiny_image_model, codec=identity_codec,
+        mask=ConstantMask(1, (256, 256)), settings=engine.GenerateSettings(steps=1, compile=True),
+    )  # fmt: skip
+    assert seen["compile"] is True

@@ -63,6 +63,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     s.add_argument("--eta", type=float, help="DDIM eta in [0, 1] (default: the model's, 1)")
     s.add_argument("--seed", type=int, help="seed of the slide (default 0)")
     s.add_argument("--device", help="cuda, cuda:N, cpu or auto (default)")
+    s.add_argument(
+        "--compile",
+        action="store_true",
+        help="run the network through torch.compile with static batch shapes (GPU; slower start, same slide)",
+    )
     s.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="precision (default float32)")
     s.add_argument("--batch-size", type=int, help="network evaluations per forward call (default: from free memory)")
     s.add_argument(
@@ -110,7 +115,7 @@ def request_from_args(args: argparse.Namespace) -> engine.GenerateRequest:
     )  # fmt: skip
     settings = engine.GenerateSettings(
         steps=args.steps, omega=args.omega, eta=args.eta, seed=args.seed, batch_size=args.batch_size,
-        device=args.device, dtype=args.dtype, checkpoint_every_s=args.checkpoint_every,
+        device=args.device, dtype=args.dtype, checkpoint_every_s=args.checkpoint_every, compile=args.compile,
     )  # fmt: skip
     return engine.GenerateRequest(
         out=args.out, size=None if size is None else engine.parse_size(size), image_model=args.model, vae=args.vae,

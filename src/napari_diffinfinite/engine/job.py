@@ -134,6 +134,7 @@ def _resolved_settings(request: GenerateRequest, point: ResumePoint | None) -> G
         eta=s.eta if s.eta is not None else saved.eta,
         seed=s.seed if s.seed is not None else saved.seed,
         batch_size=s.batch_size, device=device, dtype=dtype, checkpoint_every_s=s.checkpoint_every_s,
+        compile=s.compile,
     )  # fmt: skip
 
 
@@ -269,7 +270,7 @@ def _generate(request: GenerateRequest, point: ResumePoint | None, progress: Pro
     else:
         store = point.store
         latent, step, decoded_rows, labels_written = point.latent, point.step, point.decoded_rows, point.labels_written
-    job = _Job(store, steps, settings.checkpoint_every_s)
+    job = _Job(store, steps, settings.checkpoint_every_s, compile=settings.compile)
     try:
         return job.run(models, mask, size, omega=omega, eta=eta, seed=seed, batch_size=settings.batch_size,
                        device=device, dtype=dtype, latent=latent, step=step, decoded_rows=decoded_rows,
@@ -282,8 +283,8 @@ def _generate(request: GenerateRequest, point: ResumePoint | None, progress: Pro
 class _Job:
     """The writing half of a generation: labels, sampling and decoding into one open store."""
 
-    def __init__(self, store: SlideStore, steps: int, every_s: float) -> None:
-        self.store, self.steps, self.every_s = store, steps, every_s
+    def __init__(self, store: SlideStore, steps: int, every_s: float, *, compile: bool = False) -> None:
+        self.store, self.steps, self.every_s, self.compile = store, steps, every_s, compile
 
     def save(self, latent: torch.Tensor | None, step: int, *, decoded_rows: int, labels_written: bool) -> None:
         """Save the sampler state; at step 0 only the meta (the initial noise is keyed by the seed)."""
@@ -304,7 +305,7 @@ class _Job:
         sampler = RandomPatchSampler(
             models.image.unet, channels=codec.latent_channels, patch=config.latent_patch, steps=self.steps,
             omega=omega, eta=eta, seed=seed, batch_size=batch_size, device=device, dtype=dtype,
-            timesteps=config.timesteps,
+            timesteps=config.timesteps, compile=self.compile,
         )  # fmt: skip
         shape = latent_shape(size, config, codec.scale_factor)
         state = (
@@ -351,8 +352,10 @@ class _Job:
                 last_save = time.monotonic()
 
         try:
+            latent = state.latent.to(device)
+            # Tiles decoded as the whole latent would be (GroupNorm statistics, attention context).
             decode_tiles(
-                state.latent.to(device), codec.decode, scale=codec.scale_factor, image_shape=size,
+                latent, codec.tile_decoder(latent), scale=codec.scale_factor, image_shape=size,
                 write=self.store.write_tile, tile=512, margin=codec.context, first_row=first_row,
                 on_row_done=row_done, progress=progress, cancel=cancel,
             )  # fmt: skip

@@ -31,7 +31,9 @@ class GenerateSettings:
     """Sampling settings. ``None`` means: the store's value on resume, else the default
     (``steps``/``eta``: the model's; ``omega`` 3; ``seed`` 0; ``device`` auto; ``dtype``
     float32; ``batch_size``: from free memory). The state is saved every
-    ``checkpoint_every_s`` seconds while sampling and decoding, and when interrupted."""
+    ``checkpoint_every_s`` seconds while sampling and decoding, and when interrupted.
+    ``compile`` runs the network through ``torch.compile`` with static batch shapes (CUDA:
+    CUDA graphs can apply; the first batches pay the compilation); it changes no result."""
 
     steps: int | None = None
     omega: float | None = None
@@ -41,6 +43,7 @@ class GenerateSettings:
     device: str | None = None
     dtype: str | None = None
     checkpoint_every_s: float = 60.0
+    compile: bool = False
 
 
 @dataclass
