@@ -125,9 +125,7 @@ def measure(path: Path, view: int, repeats: int, seed: int = 0) -> list[dict]:
         image = ChannelLastArray(store.image_level(k))
         labels = store.label_level(k)
         vh, vw = min(view, h), min(view, w)
-        positions = [
-            (int(rng.integers(0, h - vh + 1)), int(rng.integers(0, w - vw + 1))) for _ in range(repeats)
-        ]
+        positions = [(int(rng.integers(0, h - vh + 1)), int(rng.integers(0, w - vw + 1))) for _ in range(repeats)]
         times, label_times = [], []
         for y, x in positions:
             t = time.perf_counter()

@@ -2,6 +2,9 @@
 # Runs the whole test suite; GUI tests (marker "gui") need an X display, given by Xvfb.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Lint and format first: a style error fails CI as a test would.
+python -m ruff check src tests scripts benchmarks
+python -m ruff format --check src tests scripts benchmarks
 if ! command -v xvfb-run >/dev/null 2>&1; then
   if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
     echo "installing Xvfb for the napari GUI tests" >&2

@@ -8,8 +8,8 @@ per batch, so a GUI worker thread can stop them within one batch.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 

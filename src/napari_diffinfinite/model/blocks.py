@@ -42,9 +42,7 @@ class WeightStandardizedConv2d(nn.Conv2d):
         return standardized
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(
-            x, self.standardized_weight(), self.bias, self.stride, self.padding, self.dilation, self.groups
-        )
+        return F.conv2d(x, self.standardized_weight(), self.bias, self.stride, self.padding, self.dilation, self.groups)
 
 
 class ChannelLayerNorm(nn.Module):

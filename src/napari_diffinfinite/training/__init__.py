@@ -16,6 +16,6 @@
 
 from __future__ import annotations
 
-from .trainer import TrainResult, Trainer, TrainSettings, load_training_state
+from .trainer import Trainer, TrainResult, TrainSettings, load_training_state
 
 __all__ = ["TrainResult", "Trainer", "TrainSettings", "load_training_state"]

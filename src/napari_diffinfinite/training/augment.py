@@ -28,9 +28,7 @@ def dihedral(array: np.ndarray, index: int, axes: tuple[int, int] = (0, 1)) -> n
     return np.ascontiguousarray(out)
 
 
-def random_dihedral(
-    image: np.ndarray, labels: np.ndarray, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
+def random_dihedral(image: np.ndarray, labels: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """The same random flip/rotation of an (h, w, 3) tile and its (h, w) label map."""
     index = int(rng.integers(NUM_SYMMETRIES))
     return dihedral(image, index), dihedral(labels, index)

@@ -13,7 +13,8 @@ architecture fields can be overridden one by one.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from ..demo import demo_image_config, demo_mask_config
 from ..errors import CheckpointError, TrainingError

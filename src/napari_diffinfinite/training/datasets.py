@@ -23,9 +23,10 @@ batches an uninterrupted run would have seen, whatever the number of data worker
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -98,7 +99,9 @@ def _read_rgb(path: Path) -> np.ndarray:
         with Image.open(path) as image:
             return np.asarray(image.convert("RGB"))
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise TrainingError(f"cannot read tile {path} ({type(exc).__name__}: {exc}); save it as PNG, JPEG or TIFF") from exc
+        raise TrainingError(
+            f"cannot read tile {path} ({type(exc).__name__}: {exc}); save it as PNG, JPEG or TIFF"
+        ) from exc
 
 
 def _image_size(path: Path) -> tuple[int, int]:
@@ -107,7 +110,9 @@ def _image_size(path: Path) -> tuple[int, int]:
         with Image.open(path) as image:
             width, height = image.size
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise TrainingError(f"cannot read tile {path} ({type(exc).__name__}: {exc}); save it as PNG, JPEG or TIFF") from exc
+        raise TrainingError(
+            f"cannot read tile {path} ({type(exc).__name__}: {exc}); save it as PNG, JPEG or TIFF"
+        ) from exc
     return height, width
 
 
@@ -193,7 +198,9 @@ def find_tiles(folder: str | os.PathLike, masks: str | os.PathLike | None = None
         for p in sorted(mask_dir.iterdir()):
             if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
                 if p.stem in mask_files:
-                    raise TrainingError(f"two masks for tile {p.stem!r} in {mask_dir}: {mask_files[p.stem].name} and {p.name}")
+                    raise TrainingError(
+                        f"two masks for tile {p.stem!r} in {mask_dir}: {mask_files[p.stem].name} and {p.name}"
+                    )
                 mask_files[p.stem] = p
     stems = {t.stem for t in tiles}
     orphans = sorted(set(mask_files) - stems)
@@ -245,7 +252,9 @@ class SlideSource(LabelledImage):
             self.level0_shape = slide.shape
             self.level_downsamples = list(slide.downsamples)
             self.level_shapes = list(slide.level_shapes)
-            self.pixel_size_um = None if slide.pixel_size_um is None else float(np.mean(slide.pixel_size_um)) * self.downsample
+            self.pixel_size_um = (
+                None if slide.pixel_size_um is None else float(np.mean(slide.pixel_size_um)) * self.downsample
+            )
             h0, w0 = self.level0_shape
             self.shape = (int(h0 // self.downsample), int(w0 // self.downsample))
             canvas = (self.shape[0] // self.label_scale, self.shape[1] // self.label_scale)
@@ -258,8 +267,12 @@ class SlideSource(LabelledImage):
         finally:
             slide.close()
         per_canvas = self.downsample * self.label_scale  # level-0 pixels per canvas pixel
-        rows = np.minimum(((np.arange(canvas[0]) + 0.5) * per_canvas / detected.downsample[0]).astype(int), detected.mask.shape[0] - 1)
-        cols = np.minimum(((np.arange(canvas[1]) + 0.5) * per_canvas / detected.downsample[1]).astype(int), detected.mask.shape[1] - 1)
+        rows = np.minimum(
+            ((np.arange(canvas[0]) + 0.5) * per_canvas / detected.downsample[0]).astype(int), detected.mask.shape[0] - 1
+        )
+        cols = np.minimum(
+            ((np.arange(canvas[1]) + 0.5) * per_canvas / detected.downsample[1]).astype(int), detected.mask.shape[1] - 1
+        )
         self.tissue = detected.mask[np.ix_(rows, cols)]
         self.tissue_threshold = detected.threshold
         self.annotations = Path(annotations).expanduser() if annotations is not None else None

@@ -20,7 +20,9 @@ import numpy as np
 from scipy import ndimage
 
 
-def _wasserstein_levels(a: np.ndarray, b: np.ndarray, bins: int = 256, value_range: tuple[float, float] = (0, 256)) -> float:
+def _wasserstein_levels(
+    a: np.ndarray, b: np.ndarray, bins: int = 256, value_range: tuple[float, float] = (0, 256)
+) -> float:
     """W1 distance between two samples of values, via their histograms' CDFs."""
     ha, edges = np.histogram(a, bins=bins, range=value_range)
     hb, _ = np.histogram(b, bins=bins, range=value_range)
@@ -41,7 +43,9 @@ def gradient_magnitude(rgb: np.ndarray) -> np.ndarray:
 
 def texture_distance(real: np.ndarray, fake: np.ndarray) -> float:
     """Wasserstein distance between gradient-magnitude distributions (grey levels / px)."""
-    return _wasserstein_levels(gradient_magnitude(real).ravel(), gradient_magnitude(fake).ravel(), bins=512, value_range=(0, 256))
+    return _wasserstein_levels(
+        gradient_magnitude(real).ravel(), gradient_magnitude(fake).ravel(), bins=512, value_range=(0, 256)
+    )
 
 
 def class_colour_error(real: np.ndarray, fake: np.ndarray, labels: np.ndarray) -> float:

@@ -7,8 +7,9 @@ through these functions, so the demo is trained exactly as a user's model would 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from ..errors import TrainingError
 from ..model.codec import make_codec
@@ -26,7 +27,7 @@ from .datasets import (
 )
 from .distributed import init_distributed
 from .objectives import ImageObjective, MaskObjective
-from .trainer import TrainResult, Trainer, TrainSettings
+from .trainer import Trainer, TrainResult, TrainSettings
 
 
 def label_scale_for(config: ModelConfig) -> int:
@@ -65,7 +66,9 @@ def build_sources(
     if downsample is not None and pixel_size_um is not None:
         raise TrainingError("give either --downsample or --pixel-size-um, not both")
     if len(annotations) > len(slides):
-        raise TrainingError(f"{len(annotations)} annotation files for {len(slides)} slides; give one --annotations per --slide")
+        raise TrainingError(
+            f"{len(annotations)} annotation files for {len(slides)} slides; give one --annotations per --slide"
+        )
     scale = label_scale_for(config)
     labels = num_labels_for(config)
     sources: list[LabelledImage] = []

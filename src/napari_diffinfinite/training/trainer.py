@@ -318,7 +318,10 @@ class Trainer:
             "model_config": json.dumps(self.config.to_dict()),
             "settings": json.dumps(self.settings.to_dict()),
             "model": {k: v.detach().cpu() for k, v in self.unet.state_dict().items()},
-            "ema": {"step": self.ema.step, "weights": {k: v.detach().cpu() for k, v in self.ema.ema_model.state_dict().items()}},
+            "ema": {
+                "step": self.ema.step,
+                "weights": {k: v.detach().cpu() for k, v in self.ema.ema_model.state_dict().items()},
+            },
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
             "branches": {"conditional": self.branches.conditional, "unconditional": self.branches.unconditional},
@@ -339,7 +342,9 @@ class Trainer:
         changed = [f"{k}: {saved.get(k)!r} -> {getattr(self.settings, k)!r}" for k in _RESUME_FIXED
                    if saved.get(k) != getattr(self.settings, k)]  # fmt: skip
         if changed:
-            raise TrainingError(f"cannot resume {path} with different settings ({'; '.join(changed)}); use the original ones")
+            raise TrainingError(
+                f"cannot resume {path} with different settings ({'; '.join(changed)}); use the original ones"
+            )
         self.unet.load_state_dict(state["model"])
         self.ema.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
