@@ -195,41 +195,44 @@ class VAECodec:
 
 
 @contextmanager
-def _attention_inputs(attentions: list[nn.Module], see: Callable[[nn.Module, torch.Tensor], None]) -> Iterator[None]:
-    """Show ``see(attention, x)`` every input of the attention modules inside the block."""
+def _wrapped_attention(attentions: list[nn.Module], wrap: Callable[[nn.Module, Callable], Callable]) -> Iterator[None]:
+    """Inside the block, each attention module's ``forward`` is ``wrap(attention, original_forward)``."""
     for attention in attentions:
-        original = attention.forward
+        attention.forward = wrap(attention, attention.forward)
+    try:
+        yield
+    finally:
+        for attention in attentions:
+            del attention.forward
 
-        def forward(x, *args, attention=attention, original=original, **kwargs):
+
+def _attention_inputs(attentions: list[nn.Module], see: Callable[[nn.Module, torch.Tensor], None]):
+    """Show ``see(attention, x)`` every input of the attention modules inside the block."""
+
+    def wrap(attention: nn.Module, original: Callable) -> Callable:
+        def forward(x, *args, **kwargs):
             see(attention, x)
             return original(x, *args, **kwargs)
 
-        attention.forward = forward
-    try:
-        yield
-    finally:
-        for attention in attentions:
-            del attention.forward
+        return forward
+
+    return _wrapped_attention(attentions, wrap)
 
 
-@contextmanager
-def _global_attention(attentions: list[nn.Module], tokens: dict[nn.Module, torch.Tensor]) -> Iterator[None]:
+def _global_attention(attentions: list[nn.Module], tokens: dict[nn.Module, torch.Tensor]):
     """Inside the block, the attention modules attend to the recorded tokens of the whole latent
     (their queries still come from the window; diffusers' ``encoder_hidden_states``)."""
-    for attention in attentions:
-        original = attention.forward
+
+    def wrap(attention: nn.Module, original: Callable) -> Callable:
         context = tokens[attention]
 
-        def forward(x, *args, original=original, context=context, **kwargs):
+        def forward(x, *args, **kwargs):
             kwargs["encoder_hidden_states"] = context.to(x.dtype).expand(x.shape[0], -1, -1)
             return original(x, *args, **kwargs)
 
-        attention.forward = forward
-    try:
-        yield
-    finally:
-        for attention in attentions:
-            del attention.forward
+        return forward
+
+    return _wrapped_attention(attentions, wrap)
 
 
 def load_vae(spec: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
