@@ -1,3 +1,4 @@
+import numpy as np
 import torch
 
 from napari_diffinfinite.model.config import UNetConfig
@@ -202,3 +203,33 @@ def test_mask_model_guidance_backs_off_on_out_of_memory(monkeypatch):
         got = den(x, 100, labels)
     assert den.max_batch == 3 and sizes[:3] == [12, 6, 3]
     assert torch.allclose(got, expected, atol=1e-5)
+
+
+def test_patches_in_one_class_take_the_one_pass_path_bit_for_bit():
+    """Patches that lie in one labelled class, ordered first, are guided by one elementwise pass;
+    the result is bit for bit the per-patch implementation's, for the batch and its order."""
+    x, mixed = _multi_label_patches()
+    labels = torch.cat([torch.full((3, 16, 16), 2, dtype=torch.uint8), mixed])
+    labels[1] = 1
+    x = torch.cat([torch.randn(3, 4, 16, 16), x])
+    den = GuidedDenoiser(_Pointwise(), omega=3.0, max_batch=64)
+    present = np.stack([[bool((labels[i] == lab).any()) for lab in range(4)] for i in range(len(labels))])
+    order = den.order(present)
+    assert order[:4].tolist() == [0, 1, 2, 4]  # the uniform ones first, stable; patch 4 ("one label, no 0") too
+    plan = den.plan(present[order])
+    assert plan.uniform == 4
+    with torch.no_grad():
+        ours = den(x[order], 77, labels[order], plan)
+        reference = _per_patch_guidance(_Pointwise(), 4.0, x[order], 77, labels[order])
+    assert torch.equal(ours, reference)
+    for p0, p1 in ((0, 2), (2, 6), (5, 8)):  # batches that split the uniform run or miss it
+        span = plan.span(p0, p1)
+        assert span.uniform == max(0, min(4 - p0, p1 - p0))
+        with torch.no_grad():
+            assert torch.equal(den(x[order][p0:p1], 77, labels[order][p0:p1], span), reference[p0:p1])
+
+
+def test_unguided_and_mask_model_denoisers_keep_the_patch_order():
+    present = np.array([[True, True], [False, True], [True, False]])
+    assert GuidedDenoiser(_Pointwise(), omega=0.0).order(present).tolist() == [0, 1, 2]
+    assert GuidedDenoiser(_Pointwise(), omega=3.0).order(present).tolist() == [1, 0, 2]

@@ -4,8 +4,9 @@ A step reads windows from one buffer and writes owned cells into the other, so a
 patches of a step see the same neighbourhood. Both buffers are (C, H*W + 1): the extra
 last column is a write-only "discard" slot, so that writing a batch of windows of which
 only the owned cells count is one scatter (pixels outside their cell are sent to the
-discard slot) instead of one slice assignment per patch; gathering windows is one index
-selection. Neither needs a host synchronisation.
+discard slot) instead of one slice assignment per patch. Gathering windows is one
+indexing of a strided view that holds every window of the canvas (indexed by the window
+corners only, so no per-pixel index is built). Neither needs a host synchronisation.
 
 The buffers live on the compute device when they fit there, else in pinned host memory,
 streamed to and from the device batch by batch.
@@ -53,20 +54,34 @@ class LatentCanvas:
         """(B, P, Q) flat canvas positions of windows spanning rows (B, P) x cols (B, Q)."""
         return rows[:, :, None] * self.shape[1] + cols[:, None, :]
 
-    def gather(self, index: torch.Tensor) -> torch.Tensor:
-        """(C, B, P, Q) latent values at (B, P, Q) flat positions, on the compute device."""
-        flat = index.reshape(-1).to(self.storage)
-        values = self.current.index_select(1, flat).view(self.channels, *index.shape)
-        return values.to(self.device, non_blocking=True)
+    def _windows(self, buffer: torch.Tensor, size: int) -> torch.Tensor:
+        """A (..., H - size + 1, W - size + 1, size, size) view of every window of a flat buffer."""
+        (height, width), lead = self.shape, buffer.shape[:-1]
+        return buffer.as_strided(
+            (*lead, height - size + 1, width - size + 1, size, size),
+            (*buffer.stride()[:-1], width, 1, width, 1),
+        )
 
-    def gather_labels(self, index: torch.Tensor) -> torch.Tensor:
-        """(B, P, Q) uint8 labels at flat positions, on the compute device."""
-        return self.labels.index_select(0, index.reshape(-1).to(self.storage)).view(index.shape).to(self.device)
+    def gather_windows(self, wy: torch.Tensor, wx: torch.Tensor, size: int) -> torch.Tensor:
+        """(B, C, size, size) latent windows with top-left corners (wy, wx), contiguous, on the compute device.
+
+        One indexing of the window view by the corners (about twice as fast on a CPU as an
+        index selection of every pixel), batch-major as the network takes it.
+        """
+        wy, wx = wy.to(self.storage), wx.to(self.storage)
+        every = self._windows(self.current, size).permute(1, 2, 0, 3, 4)  # (H', W', C, size, size)
+        return every[wy, wx].to(self.device, non_blocking=True)
+
+    def gather_label_windows(self, wy: torch.Tensor, wx: torch.Tensor, size: int) -> torch.Tensor:
+        """(B, size, size) uint8 label windows with top-left corners (wy, wx), on the compute device."""
+        wy, wx = wy.to(self.storage), wx.to(self.storage)
+        return self._windows(self.labels, size)[wy, wx].to(self.device)
 
     def scatter(self, index: torch.Tensor, owned: torch.Tensor, values: torch.Tensor) -> None:
-        """Write (C, B, P, Q) ``values`` at ``index`` where ``owned`` into the next buffer."""
+        """Write (B, C, P, Q) ``values`` at (B, P, Q) flat positions ``index`` where ``owned`` into the next buffer."""
         target = torch.where(owned, index, self.discard).reshape(1, -1).to(self.storage)
-        self.next.scatter_(1, target.expand(self.channels, -1), values.reshape(self.channels, -1).to(self.storage))
+        channel_major = values.transpose(0, 1).reshape(self.channels, -1).to(self.storage)
+        self.next.scatter_(1, target.expand(self.channels, -1), channel_major)
 
     def swap(self) -> None:
         """The written buffer becomes the one read (at the end of a step)."""

@@ -20,8 +20,8 @@ the same seed (to the float tolerance of batching). The per-step pieces are the 
 sampler's (:class:`~.sampler.RandomPatchSampler`: its step grid with late context, its
 evaluation plan and batches, the guided denoiser, the latent canvas, keyed noise); this module
 adds the band bookkeeping and the exchange, through ``torch.distributed`` point-to-point calls
-(NCCL on GPUs, Gloo on CPUs). Its batch loop mirrors the sampler's: a sampler method that runs
-one step over a subset of patches on a latent window would let both share it.
+(NCCL on GPUs, Gloo on CPUs). A band's step is the sampler's own step over the band's patches
+on the window of rows they read (``RandomPatchSampler._step``), so both share one batch loop.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from ..errors import SettingsError
 from ..progress import Cancelled, CancelToken, ProgressCallback, ProgressEvent, report
 from .canvas import LatentCanvas
 from .grid import StepGrid
-from .noise import INITIAL_STEP, normal_at, normal_field
+from .noise import INITIAL_STEP, normal_field
 from .sampler import RandomPatchSampler, SamplerState
 
 Rows = tuple[int, int]
@@ -231,11 +231,9 @@ class BandSampler:
         x = band_latent.to(s.device, torch.float32)
         steps = s.steps
         end = steps if stop_at is None else min(stop_at, steps)
-        ar = torch.arange(s.patch, device=s.device)
         last_checkpoint = time.monotonic()
         for k in range(step, end):
             started = time.perf_counter()
-            ddim = s.schedule[k]
             grid = s.grid(self.shape, k)
             needs = [window_rows(grid, self.bands.rows(r)) for r in range(self.bands.count)]
             window, sent = exchange_rows(x, self.bands, self.rank, needs, self.group)
@@ -247,34 +245,20 @@ class BandSampler:
                 np.maximum(grid.own_y0[mine], b0) - n0, np.minimum(grid.own_y1[mine], b1) - n0,
                 grid.own_x0[mine], grid.own_x1[mine],
             ])  # fmt: skip
-            windows = torch.from_numpy(geometry).to(s.device)
             canvas = LatentCanvas(window, labels[n0:n1], s.device)
-            plan = s._plan_step(canvas, windows, num_labels)  # noqa: SLF001 - see the module docstring
-            noisy = not ddim.final and ddim.sigma
             count = int(mine.sum())
-            for p0, p1 in s._batches(plan):  # noqa: SLF001
-                wy, wx, oy0, oy1, ox0, ox1 = windows[:, p0:p1]
-                rows, cols = wy[:, None] + ar, wx[:, None] + ar
-                index = canvas.window_index(rows, cols)
-                xs = canvas.gather(index)
-                eps = s.denoiser(xs.transpose(0, 1), ddim.t, canvas.gather_labels(index), plan.span(p0, p1)).transpose(
-                    0, 1
-                )
-                x0 = ddim.predict_x0(xs, eps)
-                owned = ((rows >= oy0[:, None]) & (rows < oy1[:, None]))[:, :, None] & (
-                    (cols >= ox0[:, None]) & (cols < ox1[:, None])
-                )[:, None, :]
-                noise = normal_at(s.seed, k, s.channels, rows + n0, cols) if noisy else None
-                canvas.scatter(index, owned, ddim.update(x0, eps, noise))
+
+            def after_batch(done: int, total: int, k: int = k) -> None:
                 if self.rank == 0:
                     report(
                         progress,
                         ProgressEvent(
-                            "sample", k * 1000 + (1000 * p1) // count, steps * 1000,
-                            f"step {k + 1}/{steps}, patch {p1}/{count} of band 1/{self.bands.count}",
+                            "sample", k * 1000 + (1000 * done) // total, steps * 1000,
+                            f"step {k + 1}/{steps}, patch {done}/{total} of band 1/{self.bands.count}",
                         ),
                     )  # fmt: skip
-            canvas.swap()
+
+            s._step(canvas, geometry, k, num_labels, row_offset=n0, after_batch=after_batch)  # noqa: SLF001
             cancelled_here = cancel is not None and cancel.cancelled
             due = self.rank == 0 and time.monotonic() - last_checkpoint >= checkpoint_every_s
             any_cancelled, due = self._agree(cancelled_here, due)

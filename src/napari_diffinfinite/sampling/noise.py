@@ -15,6 +15,8 @@ numbers are integer arithmetic and a table look-up, so they are the same on ever
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import torch
 
@@ -75,15 +77,31 @@ def hash32(v: torch.Tensor, scratch: torch.Tensor | None = None) -> torch.Tensor
     int32 multiplication wraps modulo 2**32 on CPU and CUDA, so this is uint32 arithmetic;
     right shifts are made logical by masking off the copied sign bits. In-place operations
     on one scratch buffer: fresh allocations would cost more than the arithmetic on a CPU.
+    The two ``v ^= v >> 16`` rounds are one XOR of the high 16-bit half into the low half
+    (an int16 view of the words, on little-endian memory): one pass over half the data
+    instead of three over all of it.
     """
-    t = torch.empty_like(v) if scratch is None else scratch
     d = v.device
+    halves = _halves(v)
+    t = None
     for shift, multiplier in ((16, _M1), (15, _M2), (16, None)):
-        torch.bitwise_right_shift(v, _constant(shift, d), out=t)
-        v.bitwise_xor_(t.bitwise_and_(_constant((1 << (32 - shift)) - 1, d)))
+        if shift == 16 and halves is not None:
+            halves[..., 0].bitwise_xor_(halves[..., 1])
+        else:
+            if t is None:
+                t = torch.empty_like(v) if scratch is None else scratch
+            torch.bitwise_right_shift(v, _constant(shift, d), out=t)
+            v.bitwise_xor_(t.bitwise_and_(_constant((1 << (32 - shift)) - 1, d)))
         if multiplier is not None:
             v.mul_(_constant(multiplier, d))
     return v
+
+
+def _halves(v: torch.Tensor) -> torch.Tensor | None:
+    """(..., 2) int16 view of contiguous int32 words: [..., 0] the low half, [..., 1] the high half."""
+    if sys.byteorder != "little" or not v.is_contiguous() or v.dim() == 0:
+        return None
+    return v.view(torch.int16).view(*v.shape, 2)
 
 
 def hash32_reference(v: np.ndarray) -> np.ndarray:
@@ -105,12 +123,18 @@ def step_keys(seed: int, step: int, channels: int) -> tuple[int, int, list[int]]
     return words[0], words[1], words[2:]
 
 
+def _row_hashes(row_key: int, rows: torch.Tensor) -> torch.Tensor:
+    return hash32(rows.int().add_(_signed(row_key)))
+
+
+def _col_hashes(col_key: int, cols: torch.Tensor) -> torch.Tensor:
+    return hash32(cols.int().bitwise_xor_(_signed(col_key))).mul_(0x9E37)  # asymmetric in y and x
+
+
 def position_hash(seed: int, step: int, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
     """(B, P, Q) int32 hash of the canvas positions rows (B, P) x cols (B, Q) at ``step``."""
     row_key, col_key, _ = step_keys(seed, step, 0)
-    hy = hash32(rows.int().add_(_signed(row_key)))
-    hx = hash32(cols.int().bitwise_xor_(_signed(col_key))).mul_(0x9E37)  # asymmetric in y and x
-    return hash32(hy[:, :, None] ^ hx[:, None, :])
+    return hash32(_row_hashes(row_key, rows)[:, :, None] ^ _col_hashes(col_key, cols)[:, None, :])
 
 
 _QUANTILES: dict[torch.device, torch.Tensor] = {}
@@ -125,23 +149,56 @@ def normal_quantiles(device: torch.device | str = "cpu") -> torch.Tensor:
     return _QUANTILES[device]
 
 
+class StepNoise:
+    """The keyed normals of one sampling step, drawn batch by batch (see :func:`normal_at`).
+
+    The per-row and per-column hashes of a canvas are computed once per step (its rows are
+    latent rows ``row_offset`` to ``row_offset + height``, its columns latent columns
+    ``col_offset`` to ``col_offset + width``); a batch then costs two small look-ups and the
+    per-pixel hashing.
+    """
+
+    def __init__(
+        self, seed: int, step: int, channels: int, height: int, width: int, *, row_offset: int = 0,
+        col_offset: int = 0, device: torch.device | str = "cpu",
+    ) -> None:  # fmt: skip
+        self.channels = channels
+        self.device = torch.device(device)
+        row_key, col_key, words = step_keys(seed, step, channels)
+        self.words = [_constant(word, self.device) for word in words]
+        self.row_hash = _row_hashes(row_key, torch.arange(row_offset, row_offset + height, device=self.device))
+        self.col_hash = _col_hashes(col_key, torch.arange(col_offset, col_offset + width, device=self.device))
+
+    def at(self, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        """(B, channels, P, Q) standard normals at canvas rows (B, P) x cols (B, Q), batch-major."""
+        d = self.device
+        hy, hx = self.row_hash[rows], self.col_hash[cols]
+        h = hash32(hy[:, :, None] ^ hx[:, None, :])  # (B, P, Q) position hash
+        pairs = len(self.words)
+        bits = torch.empty(len(h), pairs, *h.shape[1:], dtype=torch.int32, device=d)  # a word per channel pair
+        for i, word in enumerate(self.words):
+            torch.bitwise_xor(h, word, out=bits[:, i])
+        hash32(bits)
+        # channel 2j from the low half of word j, 2j + 1 from the high half: written straight into
+        # the (B, pairs, 2, P, Q) index, so no stack copy follows
+        index = torch.empty(len(h), pairs, 2, *h.shape[1:], dtype=torch.int32, device=d)
+        torch.bitwise_and(bits, _constant(0xFFFF, d), out=index[:, :, 0])
+        torch.bitwise_right_shift(bits, _constant(16, d), out=index[:, :, 1]).bitwise_and_(_constant(0xFFFF, d))
+        normals = normal_quantiles(d).index_select(0, index.view(-1)).view(len(h), 2 * pairs, *h.shape[1:])
+        return normals[:, : self.channels]
+
+
 def normal_at(seed: int, step: int, channels: int, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
     """Standard normals at canvas positions rows (B, P) x cols (B, Q): a (channels, B, P, Q) tensor.
 
-    Channel-major (every later elementwise operation then runs on contiguous memory), on the
-    device of ``rows``; the value at (c, y, x) depends only on (seed, step, y, x, c).
+    On the device of ``rows``; the value at (c, y, x) depends only on (seed, step, y, x, c),
+    so it is the same for any batch, device or canvas window (:class:`StepNoise` draws the
+    same numbers batch by batch, batch-major).
     """
-    _, _, words = step_keys(seed, step, channels)
-    h = position_hash(seed, step, rows, cols)
-    bits = h.expand(len(words), *h.shape).clone()  # (pairs, B, P, Q): one 32-bit word per channel pair
-    for i, word in enumerate(words):
-        bits[i].bitwise_xor_(_constant(word, h.device))
-    hash32(bits)
-    low = bits & _constant(0xFFFF, h.device)
-    high = bits.bitwise_right_shift_(_constant(16, h.device)).bitwise_and_(_constant(0xFFFF, h.device))
-    table = normal_quantiles(h.device)
-    index = torch.stack([low, high], dim=1).reshape(-1)  # channel 2j from the low half, 2j + 1 from the high
-    return table.index_select(0, index).view(2 * len(words), *h.shape)[:channels]
+    y0, x0 = int(rows.min()), int(cols.min())
+    height, width = int(rows.max()) - y0 + 1, int(cols.max()) - x0 + 1
+    noise = StepNoise(seed, step, channels, height, width, row_offset=y0, col_offset=x0, device=rows.device)
+    return noise.at(rows - y0, cols - x0).transpose(0, 1)
 
 
 def normal_field(

@@ -33,7 +33,7 @@ from ..progress import CancelToken, ProgressCallback, ProgressEvent, check, repo
 from .canvas import LatentCanvas
 from .grid import Patch, StepGrid, ideal_patches, step_grid
 from .guidance import EvalPlan, GuidedDenoiser, label_presence
-from .noise import INITIAL_STEP, grid_offset, normal_at, normal_field
+from .noise import INITIAL_STEP, StepNoise, grid_offset, normal_field
 from .schedule import Schedule
 
 PREVIEW_SIDE = 512
@@ -168,15 +168,21 @@ class RandomPatchSampler:
     def patches(self, shape: tuple[int, int], step: int) -> list[Patch]:
         return self.grid(shape, step).patches()
 
-    def _plan_step(self, canvas: LatentCanvas, windows: torch.Tensor, num_labels: int) -> EvalPlan:
-        """The step's network evaluations, from the labels present in every window (one sync)."""
-        ar = torch.arange(self.patch, device=self.device)
+    def _plan_step(self, canvas: LatentCanvas, windows: torch.Tensor, num_labels: int) -> tuple[torch.Tensor, EvalPlan]:
+        """The step's windows in evaluation order and its network evaluations (one sync).
+
+        The labels present in every window decide the evaluations; the denoiser's order puts
+        the windows that lie in one class first (see :meth:`GuidedDenoiser.order`).
+        """
         present = []
         for start in range(0, windows.shape[1], _PRESENCE_CHUNK):
             wy, wx = windows[0, start : start + _PRESENCE_CHUNK], windows[1, start : start + _PRESENCE_CHUNK]
-            labels = canvas.gather_labels(canvas.window_index(wy[:, None] + ar, wx[:, None] + ar))
-            present.append(label_presence(labels, num_labels))
-        return self.denoiser.plan(torch.cat(present).cpu().numpy()).to(self.device)
+            present.append(label_presence(canvas.gather_label_windows(wy, wx, self.patch), num_labels))
+        present = torch.cat(present).cpu().numpy()
+        order = self.denoiser.order(present)
+        if not np.array_equal(order, np.arange(len(order))):
+            windows = windows[:, torch.from_numpy(order).to(windows.device)]
+        return windows, self.denoiser.plan(present[order]).to(self.device)
 
     def _batches(self, plan: EvalPlan) -> list[tuple[int, int]]:
         """Consecutive patch ranges whose evaluations fit in one network batch (>= one patch)."""
@@ -189,6 +195,56 @@ class RandomPatchSampler:
             spans.append((start, end))
             start = end
         return spans
+
+    def _step(
+        self,
+        canvas: LatentCanvas,
+        geometry: np.ndarray,
+        k: int,
+        num_labels: int,
+        *,
+        row_offset: int = 0,
+        before_batch: Callable[[], None] | None = None,
+        after_batch: Callable[[int, int], None] | None = None,
+        x0_hook: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], None] | None = None,
+    ) -> None:
+        """Denoise step ``k`` of the patches ``geometry`` on ``canvas`` and swap its buffers.
+
+        ``geometry``: (6, N) window top, window left, owned rows [y0, y1) and columns [x0, x1),
+        in canvas coordinates; ``row_offset`` is the canvas's first row on the whole latent
+        (the keyed noise is drawn at latent positions). ``before_batch`` runs before every
+        batch (a cancel check), ``after_batch(done, total)`` after it (progress), ``x0_hook``
+        sees every batch's x0 prediction with its rows, columns and owned mask (preview).
+        """
+        if geometry.shape[1] == 0:
+            return  # no patch: nothing is written, the canvas keeps its latent
+        ddim = self.schedule[k]
+        windows, plan = self._plan_step(canvas, torch.from_numpy(geometry).to(self.device), num_labels)
+        noise = None
+        if not ddim.final and ddim.sigma:
+            height, width = canvas.shape
+            noise = StepNoise(self.seed, k, self.channels, height, width, row_offset=row_offset, device=self.device)
+        ar = torch.arange(self.patch, device=self.device)
+        total = windows.shape[1]
+        for p0, p1 in self._batches(plan):
+            if before_batch is not None:
+                before_batch()
+            wy, wx, oy0, oy1, ox0, ox1 = windows[:, p0:p1]
+            xs = canvas.gather_windows(wy, wx, self.patch)  # (b, C, P, P)
+            ls = canvas.gather_label_windows(wy, wx, self.patch)
+            eps = self.denoiser(xs, ddim.t, ls, plan.span(p0, p1))
+            x0 = ddim.predict_x0(xs, eps)
+            rows, cols = wy[:, None] + ar, wx[:, None] + ar  # (b, P) canvas positions
+            owned = ((rows >= oy0[:, None]) & (rows < oy1[:, None]))[:, :, None] & (
+                (cols >= ox0[:, None]) & (cols < ox1[:, None])
+            )[:, None, :]
+            if x0_hook is not None:
+                x0_hook(x0, rows, cols, owned)
+            update = ddim.update(x0, eps, None if noise is None else noise.at(rows, cols), inplace=True)
+            canvas.scatter(canvas.window_index(rows, cols), owned, update)
+            if after_batch is not None:
+                after_batch(p1, total)
+        canvas.swap()
 
     @torch.no_grad()
     def run(
@@ -225,50 +281,37 @@ class RandomPatchSampler:
             )
         last_checkpoint = time.monotonic()
         steps = self.steps
-        ar = torch.arange(self.patch, device=self.device)
 
         end = steps if stop_at is None else min(stop_at, steps)
         for k in range(state.step, end):
             started = time.perf_counter()
-            ddim = self.schedule[k]
             grid = self.grid(shape, k)
             geometry = np.stack([grid.window_y, grid.window_x, grid.own_y0, grid.own_y1, grid.own_x0, grid.own_x1])
-            windows = torch.from_numpy(geometry).to(self.device)
-            plan = self._plan_step(canvas, windows, num_labels)
-            noisy = not ddim.final and ddim.sigma
-            spans = self._batches(plan)
-            for p0, p1 in spans:
+
+            def before_batch(k: int = k) -> None:
                 try:
                     check(cancel)
                 except BaseException:
                     if checkpoint is not None:
                         checkpoint(SamplerState(canvas.latent(), k))
                     raise
-                wy, wx, oy0, oy1, ox0, ox1 = windows[:, p0:p1]
-                rows, cols = wy[:, None] + ar, wx[:, None] + ar  # (b, P) absolute positions
-                index = canvas.window_index(rows, cols)
-                xs = canvas.gather(index)  # (C, b, P, P)
-                ls = canvas.gather_labels(index)
-                eps = self.denoiser(xs.transpose(0, 1), ddim.t, ls, plan.span(p0, p1))
-                eps = eps.transpose(0, 1).contiguous()  # channel-major like xs: the update runs on contiguous memory
-                x0 = ddim.predict_x0(xs, eps)
-                owned = ((rows >= oy0[:, None]) & (rows < oy1[:, None]))[:, :, None] & (
-                    (cols >= ox0[:, None]) & (cols < ox1[:, None])
-                )[:, None, :]
-                if x0_preview is not None:
-                    self._preview_write(x0_preview, x0, rows, cols, owned, stride, shape)
-                noise = normal_at(self.seed, k, self.channels, rows, cols) if noisy else None
-                canvas.scatter(index, owned, ddim.update(x0, eps, noise, inplace=True))
+
+            def after_batch(done: int, total: int, k: int = k) -> None:
                 report(
                     progress,
-                    ProgressEvent(
-                        "sample",
-                        k * 1000 + (1000 * p1) // len(grid),
-                        steps * 1000,
-                        f"step {k + 1}/{steps}, patch {p1}/{len(grid)}",
-                    ),
-                )
-            canvas.swap()
+                    ProgressEvent("sample", k * 1000 + (1000 * done) // total, steps * 1000,
+                                  f"step {k + 1}/{steps}, patch {done}/{total}"),
+                )  # fmt: skip
+
+            x0_hook = None
+            if x0_preview is not None:
+
+                def x0_hook(x0, rows, cols, owned):
+                    self._preview_write(x0_preview, x0, rows, cols, owned, stride, shape)
+
+            self._step(
+                canvas, geometry, k, num_labels, before_batch=before_batch, after_batch=after_batch, x0_hook=x0_hook
+            )
             self.stats.patches_per_step.append(len(grid))
             self.stats.seconds_per_step.append(time.perf_counter() - started)
             if preview is not None:
@@ -292,9 +335,9 @@ class RandomPatchSampler:
         stride: int,
         shape: tuple[int, int],
     ) -> None:
-        """Write every ``stride``-th owned pixel of x0 (C, b, P, P) into the flat preview buffer."""
+        """Write every ``stride``-th owned pixel of x0 (b, C, P, P) into the flat preview buffer."""
         on_grid = ((rows % stride) == 0)[:, :, None] & ((cols % stride) == 0)[:, None, :] & owned
         width = -(-shape[1] // stride)
         target = (rows // stride)[:, :, None] * width + (cols // stride)[:, None, :]
         target = torch.where(on_grid, target, buffer.shape[1] - 1).reshape(1, -1)
-        buffer.scatter_(1, target.expand(buffer.shape[0], -1), x0.reshape(buffer.shape[0], -1))
+        buffer.scatter_(1, target.expand(buffer.shape[0], -1), x0.transpose(0, 1).reshape(buffer.shape[0], -1))

@@ -49,8 +49,8 @@ class DDIMStep:
         return self.t_next < 0
 
     def predict_x0(self, x_t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        out = x_t * self.sqrt_recip_ac
-        out -= eps * self.sqrt_recipm1_ac
+        out = torch.mul(x_t, self.sqrt_recip_ac)
+        out.sub_(eps, alpha=self.sqrt_recipm1_ac)  # one fused pass instead of a product and a difference
         return out.clamp_(-1.0, 1.0)
 
     def update(
@@ -58,14 +58,14 @@ class DDIMStep:
     ) -> torch.Tensor:
         """x_{t_next} from the clipped x0 and the (guided) noise prediction.
 
-        ``inplace``: ``x0`` and ``noise`` may be overwritten (saves two allocations per batch).
+        ``inplace``: ``x0`` may be overwritten (saves an allocation per batch).
         """
         if self.final:
             return x0
         out = x0.mul_(self.sqrt_ac_next) if inplace else x0 * self.sqrt_ac_next
-        out += self.c * eps
+        out.add_(eps, alpha=self.c)
         if self.sigma and noise is not None:
-            out += noise.mul_(self.sigma) if inplace else self.sigma * noise
+            out.add_(noise, alpha=self.sigma)
         return out
 
 
