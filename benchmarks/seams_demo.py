@@ -1,6 +1,6 @@
 """Seam check of the README's demo slide: folded-gradient seam ratio per axis.
 
-Generates the demo slide (embedded demo models, seed 0, the model's 25 steps, 2048 x 2048)
+Generates the demo slide (embedded demo models, seed 0, 25 steps as in the issue, 2048 x 2048)
 with ``diffinfinite generate`` in this process, then scores level 0 of the store with
 :func:`napari_diffinfinite.evaluation.seams.seam_scores` at the 128 px patch period: the
 mean absolute luminance gradient folded modulo the period, max / median per axis. Target
@@ -34,6 +34,7 @@ def main() -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--size", default="2048x2048")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=25)
     p.add_argument("--score-only", action="store_true")
     p.add_argument("--late-context", type=int, default=-1)
     p.add_argument("--late-context-from", type=float)
@@ -52,7 +53,18 @@ def main() -> None:
     seconds = None
     if not args.score_only:
         started = time.perf_counter()
-        argv = ["generate", "--out", args.out, "--size", args.size, "--seed", str(args.seed), "--overwrite", "-q"]
+        argv = [
+            "generate",
+            "--out",
+            args.out,
+            "--size",
+            args.size,
+            "--seed",
+            str(args.seed),
+            "--steps",
+            str(args.steps),
+        ]
+        argv += ["--overwrite", "-q"]
         if cli.main(argv) != 0:
             raise SystemExit("generate failed")
         seconds = time.perf_counter() - started
@@ -62,6 +74,7 @@ def main() -> None:
         "store": args.out,
         "size": args.size,
         "seed": args.seed,
+        "steps": args.steps,
         "late_context": args.late_context,
         "late_context_from": args.late_context_from,
         "seconds": seconds,

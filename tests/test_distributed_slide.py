@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from napari_diffinfinite import engine
@@ -137,3 +138,50 @@ def test_generate_nproc_2_launches_the_ranks_and_writes_the_single_process_slide
     assert main(argv) == 0
     assert SlideStore.open(out).provenance["sampler_stats"]["ranks"] == 2
     _assert_same_slide(out, single_process_slide)
+
+
+def _decoder_rank(rank, world, folder, vae_dir):
+    from napari_diffinfinite.benchmarks.overhead import ZeroCostNetwork
+    from napari_diffinfinite.distributed_slide import _band_tile_decoder
+    from napari_diffinfinite.model.codec import make_codec
+    from napari_diffinfinite.sampling.distributed import BandSampler
+    from napari_diffinfinite.sampling.sampler import RandomPatchSampler
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=world)
+    try:
+        whole = torch.load(f"{folder}/latent.pt")
+        sampler = RandomPatchSampler(ZeroCostNetwork(), channels=4, patch=8, steps=2)
+        bands = BandSampler(sampler, tuple(whole.shape[1:]), rank=rank, world_size=world, align=32)
+        b0, b1 = bands.band
+        decode = _band_tile_decoder(whole[:, b0:b1].clone(), bands, make_codec("sd2-vae", vae_dir))
+        torch.save(decode(whole[None, :, 20:44, 4:28]), f"{folder}/window{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_bands_decode_with_the_whole_latents_vae_statistics(tmp_path):
+    """Each rank holds only its band, yet decodes a window with the statistics of the whole latent
+    (GroupNorm, attention): as the single process's tile decoder does."""
+    from diffusers import AutoencoderKL
+
+    from napari_diffinfinite.model.codec import make_codec
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8), layers_per_block=1,
+        norm_num_groups=4, down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+    )  # fmt: skip
+    vae.save_pretrained(tmp_path / "vae")
+    whole = torch.randn(4, 64, 40) * 0.02
+    whole[:, :32] += 0.03  # the two bands differ in tone: statistics of one band alone would show
+    torch.save(whole, tmp_path / "latent.pt")
+    mp.start_processes(_decoder_rank, args=(2, str(tmp_path), str(tmp_path / "vae")), nprocs=2, start_method="spawn")
+    codec = make_codec("sd2-vae", tmp_path / "vae")
+    expected = codec.tile_decoder(whole)(whole[None, :, 20:44, 4:28])
+    alone = codec.decode(whole[None, :, 20:44, 4:28])
+    for rank in range(2):
+        got = torch.load(tmp_path / f"window{rank}.pt")
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+    assert (alone - expected).abs().max() > 1e-3  # the test can tell whole statistics from a window's own

@@ -28,6 +28,7 @@ import gc
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -246,12 +247,37 @@ def _decode_band(band, bands: BandSampler, codec, size, path, writer, progress, 
     def write(y0: int, x0: int, rgb: np.ndarray) -> None:
         level[:, y0 : y0 + rgb.shape[1], x0 : x0 + rgb.shape[2]] = rgb
 
+    decode = _band_tile_decoder(band, bands, codec)
     if first < last:
         decode_tiles(
-            window.to(bands.device), codec.decode, scale=scale, image_shape=size, write=write, tile=TILE,
+            window.to(bands.device), decode, scale=scale, image_shape=size, write=write, tile=TILE,
             margin=codec.context, first_row=first, last_row=last, latent_origin=needs[bands.rank][0],
             latent_height=h, progress=progress, cancel=cancel,
         )  # fmt: skip
+
+
+def _band_tile_decoder(band: torch.Tensor, bands: BandSampler, codec) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The codec's tile decoder for the whole latent, on every rank (collective).
+
+    A decoder that is not local (the SD-2 VAE: GroupNorm statistics and attention over its
+    whole input) decodes windows with the statistics of the whole latent's downsampled
+    decode (:meth:`VAECodec.tile_decoder`). Rank 0 gathers the whole latent, downsamples it
+    and broadcasts the small result, so every band decodes as the single process does. A
+    pointwise codec needs none of this.
+    """
+    if not hasattr(codec, "statistics_latent"):
+        return codec.tile_decoder(band)
+    whole = bands.gather(band)
+    z = codec.statistics_latent(whole).float() if whole is not None else None
+    device = bands._collective_device()  # noqa: SLF001 - NCCL broadcasts CUDA tensors, Gloo CPU ones
+    shape = torch.tensor(list(z.shape) if z is not None else [0, 0, 0, 0], dtype=torch.long, device=device)
+    dist.broadcast(shape, src=0, group=bands.group)
+    if z is None:
+        z = torch.empty(*shape.tolist(), device=device)
+    else:
+        z = z.to(device)
+    dist.broadcast(z, src=0, group=bands.group)
+    return codec.decoder_with_statistics(z.to(bands.device))
 
 
 def _writable_level0(path) -> zarr.Array:

@@ -79,7 +79,9 @@ def test_two_gloo_ranks_sample_the_single_process_latent(tmp_path, tiny_image_mo
     mp.start_processes(_rank, args=(2, str(tmp_path), str(tiny_image_model_dir)), nprocs=2, start_method="spawn")
     whole = torch.load(tmp_path / "whole.pt")
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
-    torch.testing.assert_close(whole, expected, rtol=0, atol=1e-4)
+    # the tolerance of batching: the tiny UNet's CPU convolutions give results that depend on the
+    # batch's composition by up to ~7e-4 (single process, batch 4 vs 9); a band plumbing error is O(1)
+    torch.testing.assert_close(whole, expected, rtol=0, atol=2e-3)
     torch.testing.assert_close(torch.cat([ranks[0]["band"], ranks[1]["band"]], 1), whole, rtol=0, atol=0)
     halo = ranks[0]["stats"]["halo_bytes_per_step"]
     # rank 0 sends rank 1 at most one patch of rows (48 channels x 64 columns x float32) per step

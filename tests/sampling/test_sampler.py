@@ -191,3 +191,15 @@ def test_late_context_applies_from_its_share_of_the_schedule():
     assert len(sampler.grid((128, 128), 9)) > len(sampler.grid((128, 128), 0))
     with pytest.raises(ValueError, match="leaves no cell"):
         RandomPatchSampler(PointwiseNetwork(), channels=4, patch=8, batch_size=4, late_context=4)
+
+
+def test_patches_per_run_matches_what_the_sampler_evaluates():
+    from napari_diffinfinite.benchmarks.overhead import ZeroCostNetwork
+    from napari_diffinfinite.sampling.sampler import patches_per_run
+
+    shape, steps = (150, 211), 10
+    sampler = RandomPatchSampler(ZeroCostNetwork(), channels=4, patch=32, steps=steps, seed=3)
+    sampler.run(sampler.initial_state(shape), np.ones(shape, np.uint8))
+    done = sum(sampler.stats.patches_per_step)
+    assert sampler.stats.patches_per_step[-1] > sampler.stats.patches_per_step[0]  # late cells are smaller
+    assert abs(patches_per_run(shape, 32, steps) - done) <= 0.1 * done

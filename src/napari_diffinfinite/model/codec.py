@@ -170,11 +170,23 @@ class VAECodec:
         is area-downsampled to that size for the recording pass (the estimate the widely used
         tiled-VAE decoders make), so memory stays bounded whatever the slide size.
         """
+        return self.decoder_with_statistics(self.statistics_latent(latent, statistics_side))
+
+    @staticmethod
+    def statistics_latent(latent: torch.Tensor, statistics_side: int = 128) -> torch.Tensor:
+        """The (1, C, h', w') latent whose decode gives :meth:`tile_decoder` its statistics:
+        ``latent`` area-downsampled to at most ``statistics_side`` latent pixels a side."""
         z = latent[None] if latent.dim() == 3 else latent
         side = max(z.shape[-2:])
         if side > statistics_side:
             size = [max(1, round(s * statistics_side / side)) for s in z.shape[-2:]]
             z = F.interpolate(z.float(), size=size, mode="area")
+        return z
+
+    @torch.no_grad()
+    def decoder_with_statistics(self, z: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+        """A ``decode`` for windows, with the GroupNorm statistics and attention tokens of decoding
+        ``z`` (from :meth:`statistics_latent`; several processes that share ``z`` decode alike)."""
         decoder = self.vae.decoder
         attentions = list(getattr(getattr(decoder, "mid_block", None), "attentions", None) or [])
         tokens: dict[nn.Module, torch.Tensor] = {}

@@ -83,6 +83,16 @@ class LatentCanvas:
         channel_major = values.transpose(0, 1).reshape(self.channels, -1).to(self.storage)
         self.next.scatter_(1, target.expand(self.channels, -1), channel_major)
 
+    def write_cells(self, y0: torch.Tensor, x0: torch.Tensor, values: torch.Tensor) -> None:
+        """Write (B, C, s, s) ``values`` as the square cells with corners (y0, x0) of the next buffer.
+
+        The cells must not overlap. One indexing of the view of every s x s cell by the corners:
+        several times faster than :meth:`scatter` on a CPU, for the patches whose owned cell is a
+        whole square (all but those at the canvas edge).
+        """
+        every = self._windows(self.next, values.shape[-1]).permute(1, 2, 0, 3, 4)  # (H', W', C, s, s)
+        every[y0.to(self.storage), x0.to(self.storage)] = values.to(self.storage)
+
     def swap(self) -> None:
         """The written buffer becomes the one read (at the end of a step)."""
         self.current, self.next = self.next, self.current

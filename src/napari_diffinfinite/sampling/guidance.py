@@ -191,17 +191,21 @@ class GuidedDenoiser:
         """(N,) bool: the patches whose pixels all carry one label other than 0."""
         return (present.sum(axis=1) == 1) & ~present[:, 0] if present.size else np.zeros(len(present), bool)
 
-    def order(self, present: np.ndarray) -> np.ndarray:
-        """An order of the patches that puts those in one labelled class first (stable).
+    def group(self, present: np.ndarray) -> np.ndarray:
+        """(N,) int: 0 for the patches in one labelled class (under guidance), 1 for the others.
 
-        Under guidance such a patch's prediction is one elementwise pass over its two rows;
-        the sampler evaluates a step's patches in this order so that batches begin with a
-        run of them. The order of a step's patches does not change the result (they all
-        read one latent buffer and write disjoint cells of the other).
+        Under guidance such a patch's prediction is one elementwise pass over its two rows
+        when it comes first in its batch; the sampler evaluates a step's patches sorted by
+        group. The order of a step's patches does not change the result (they all read one
+        latent buffer and write disjoint cells of the other).
         """
         if not self.guided:
-            return np.arange(len(present))
-        return np.argsort(~self._uniform(present), kind="stable")
+            return np.zeros(len(present), np.int64)
+        return (~self._uniform(present)).astype(np.int64)
+
+    def order(self, present: np.ndarray) -> np.ndarray:
+        """The patches sorted by :meth:`group` (stable)."""
+        return np.argsort(self.group(present), kind="stable")
 
     def plan(self, present: np.ndarray) -> EvalPlan:
         """The evaluations of patches whose labels are ``present`` ((N, L) bool, host).
@@ -323,8 +327,8 @@ class ClassGuidedDenoiser(GuidedDenoiser):
     when the guidance scale is 1 (omega = 0, the official default for masks).
     """
 
-    def order(self, present: np.ndarray) -> np.ndarray:
-        return np.arange(len(present))
+    def group(self, present: np.ndarray) -> np.ndarray:
+        return np.zeros(len(present), np.int64)
 
     def plan(self, present: np.ndarray) -> EvalPlan:
         rows = []

@@ -94,6 +94,34 @@ def auto_batch_size(
     return max(1, fit // 8 * 8 if fit >= 8 else fit)
 
 
+def patches_per_run(
+    shape: tuple[int, int], patch: int, steps: int, *, late_context: int | None = None,
+    late_context_from: float = LATE_CONTEXT_FROM,
+) -> int:  # fmt: skip
+    """About how many patches a run of ``steps`` steps evaluates on a latent of ``shape``.
+
+    Each step is counted on a grid with a typical offset (half a cell): the late steps, whose
+    cells are smaller by the context on both sides, need more patches (about 1.3x at the
+    default context of patch / 8). For time estimates; the sampler's own grids are keyed.
+    """
+    shape = (max(shape[0], patch), max(shape[1], patch))
+    context = max(0, round(patch * LATE_CONTEXT)) if late_context is None else late_context
+    late_from = math.ceil(late_context_from * steps)
+    total = 0
+    for m, count in ((0, min(late_from, steps)), (context, max(steps - late_from, 0))):
+        if count:
+            cell = patch - 2 * m
+            total += count * len(step_grid(shape, patch, (cell // 2, cell // 2), m))
+    return total
+
+
+def _runs(flags: np.ndarray) -> list[tuple[int, int, bool]]:
+    """Maximal runs [start, end) of equal values in a host bool array, with their value."""
+    edges = np.flatnonzero(np.diff(flags.astype(np.int8))) + 1
+    bounds = [0, *edges.tolist(), len(flags)]
+    return [(a, b, bool(flags[a])) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+
+
 class RandomPatchSampler:
     """Parallel random-patch DDIM sampler over a latent of any size (>= one patch).
 
@@ -168,21 +196,30 @@ class RandomPatchSampler:
     def patches(self, shape: tuple[int, int], step: int) -> list[Patch]:
         return self.grid(shape, step).patches()
 
-    def _plan_step(self, canvas: LatentCanvas, windows: torch.Tensor, num_labels: int) -> tuple[torch.Tensor, EvalPlan]:
-        """The step's windows in evaluation order and its network evaluations (one sync).
+    def _plan_step(
+        self, canvas: LatentCanvas, geometry: np.ndarray, num_labels: int, context: int = 0
+    ) -> tuple[np.ndarray, EvalPlan]:
+        """The step's patches in evaluation order and its network evaluations (one sync).
 
-        The labels present in every window decide the evaluations; the denoiser's order puts
-        the windows that lie in one class first (see :meth:`GuidedDenoiser.order`).
+        The labels present in every window decide the evaluations. Patches are sorted by the
+        denoiser's group (those in one class first, see :meth:`GuidedDenoiser.group`), then
+        those whose owned cell is a whole square first (written by :meth:`LatentCanvas.write_cells`):
+        batches then hold few runs of each kind. Returns ``geometry`` in that order.
         """
+        windows = torch.from_numpy(geometry[:2]).to(self.device)
         present = []
         for start in range(0, windows.shape[1], _PRESENCE_CHUNK):
             wy, wx = windows[0, start : start + _PRESENCE_CHUNK], windows[1, start : start + _PRESENCE_CHUNK]
             present.append(label_presence(canvas.gather_label_windows(wy, wx, self.patch), num_labels))
         present = torch.cat(present).cpu().numpy()
-        order = self.denoiser.order(present)
-        if not np.array_equal(order, np.arange(len(order))):
-            windows = windows[:, torch.from_numpy(order).to(windows.device)]
-        return windows, self.denoiser.plan(present[order]).to(self.device)
+        order = np.lexsort((~self._whole_cells(geometry, context), self.denoiser.group(present)))
+        return geometry[:, order], self.denoiser.plan(present[order]).to(self.device)
+
+    def _whole_cells(self, geometry: np.ndarray, m: int) -> np.ndarray:
+        """(N,) bool: the patches whose owned cell is the square of side ``patch - 2 m`` at (m, m) of the window."""
+        wy, wx, y0, y1, x0, x1 = geometry
+        cell = self.patch - 2 * m
+        return (y0 - wy == m) & (x0 - wx == m) & (y1 - y0 == cell) & (x1 - x0 == cell)
 
     def _batches(self, plan: EvalPlan) -> list[tuple[int, int]]:
         """Consecutive patch ranges whose evaluations fit in one network batch (>= one patch)."""
@@ -219,7 +256,10 @@ class RandomPatchSampler:
         if geometry.shape[1] == 0:
             return  # no patch: nothing is written, the canvas keeps its latent
         ddim = self.schedule[k]
-        windows, plan = self._plan_step(canvas, torch.from_numpy(geometry).to(self.device), num_labels)
+        m = self.context(k)
+        geometry, plan = self._plan_step(canvas, geometry, num_labels, m)
+        whole = self._whole_cells(geometry, m)
+        windows = torch.from_numpy(geometry).to(self.device)
         noise = None
         if not ddim.final and ddim.sigma:
             height, width = canvas.shape
@@ -235,13 +275,21 @@ class RandomPatchSampler:
             eps = self.denoiser(xs, ddim.t, ls, plan.span(p0, p1))
             x0 = ddim.predict_x0(xs, eps)
             rows, cols = wy[:, None] + ar, wx[:, None] + ar  # (b, P) canvas positions
-            owned = ((rows >= oy0[:, None]) & (rows < oy1[:, None]))[:, :, None] & (
-                (cols >= ox0[:, None]) & (cols < ox1[:, None])
-            )[:, None, :]
+            owned = None
+            if x0_hook is not None or not whole[p0:p1].all():
+                owned = ((rows >= oy0[:, None]) & (rows < oy1[:, None]))[:, :, None] & (
+                    (cols >= ox0[:, None]) & (cols < ox1[:, None])
+                )[:, None, :]
             if x0_hook is not None:
                 x0_hook(x0, rows, cols, owned)
             update = ddim.update(x0, eps, None if noise is None else noise.at(rows, cols), inplace=True)
-            canvas.scatter(canvas.window_index(rows, cols), owned, update)
+            for r0, r1, is_whole in _runs(whole[p0:p1]):
+                if is_whole:
+                    cells = update[r0:r1, :, m : self.patch - m, m : self.patch - m]
+                    canvas.write_cells(oy0[r0:r1], ox0[r0:r1], cells)
+                else:
+                    index = canvas.window_index(rows[r0:r1], cols[r0:r1])
+                    canvas.scatter(index, owned[r0:r1], update[r0:r1])
             if after_batch is not None:
                 after_batch(p1, total)
         canvas.swap()

@@ -5,7 +5,9 @@ the chosen device and dtype (the real engine call, into a temporary folder) and 
 rates: seconds per patch evaluation per step, and seconds per store tile for decoding and
 writing. :func:`estimate_seconds` scales them to a job: the sampler evaluates about
 ``(h / P + 1) (w / P + 1)`` patches per step on an ``h x w`` latent with ``P`` latent
-positions per patch, and writes one tile per 512 x 512 px. The one-patch calibration gets
+positions per patch, more at the late steps whose cells leave context around them (the
+sampler's own count, :func:`~napari_diffinfinite.sampling.sampler.patches_per_run`), and
+writes one tile per 512 x 512 px. The one-patch calibration gets
 nothing from batching, so the estimate errs high on plain layouts (a 1024 x 1024 px,
 6-step demo slide on a loaded 2-core CPU: 11 min estimated, 5 min taken), while patches
 showing several tissue classes cost one more network branch each. It is meant to tell
@@ -35,13 +37,6 @@ class Calibration:
     patch: int  # latent positions per patch side
     scale_factor: int  # slide pixels per latent position
     device: str
-
-
-def patches_per_step(size: tuple[int, int], patch: int, scale_factor: int) -> int:
-    """About how many patches the sampler evaluates per step for a slide of ``size`` (H, W)."""
-    lh = max(math.ceil(size[0] / scale_factor), patch)
-    lw = max(math.ceil(size[1] / scale_factor), patch)
-    return math.ceil(lh / patch + 1) * math.ceil(lw / patch + 1) if (lh > patch or lw > patch) else 1
 
 
 def tile_count(size: tuple[int, int]) -> int:
@@ -86,8 +81,12 @@ def calibrate(model: Any, codec: Any, settings: Any) -> Calibration:
 
 def estimate_seconds(calibration: Calibration, size: tuple[int, int], steps: int) -> float:
     """Seconds to generate a slide of ``size`` (H, W) in ``steps`` steps."""
-    patches = patches_per_step(size, calibration.patch, calibration.scale_factor)
-    return patches * int(steps) * calibration.seconds_per_patch + tile_count(size) * calibration.seconds_per_tile
+    from ..sampling.sampler import patches_per_run
+
+    f = calibration.scale_factor
+    latent = (math.ceil(size[0] / f), math.ceil(size[1] / f))
+    patches = patches_per_run(latent, calibration.patch, int(steps))
+    return patches * calibration.seconds_per_patch + tile_count(size) * calibration.seconds_per_tile
 
 
 def describe_duration(seconds: float) -> str:
