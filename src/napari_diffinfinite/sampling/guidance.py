@@ -252,7 +252,8 @@ class GuidedDenoiser:
         """Guided noise prediction for patches ``x`` (B, C, p, p) with label masks (B, p, p).
 
         ``plan`` (from :meth:`plan`, for these patches) avoids a device-to-host copy of the
-        labels present; without it the presence is computed here.
+        labels present; without it the presence is computed here. With a plan, ``labels`` may
+        leave out its first ``plan.uniform`` patches (in one class each, they need none).
         """
         if plan is None:
             num_labels = int(labels.max()) + 1 if labels.numel() else 1
@@ -275,8 +276,10 @@ class GuidedDenoiser:
                 plan.tensor("row_label", x.device)[:fast_rows, None, None, None].expand(-1, *masks.shape[1:])
             )
         row_labels = None
+        if len(labels) == len(x):
+            labels = labels[u:]  # the labels of the patches after the uniform ones
         if rest.rows:
-            row_labels, masks[fast_rows:] = self._masks(labels[u:], rest)
+            row_labels, masks[fast_rows:] = self._masks(labels, rest)
         times = torch.full((plan.rows,), t, dtype=torch.long, device=x.device)
         out = self._forward(take_rows(x, row_patch), times, masks).contiguous()
         if not u:
@@ -286,7 +289,7 @@ class GuidedDenoiser:
         # the same operations, in the same order, as the general path: bit for bit its result
         torch.sub(cond, null, out=result[:u]).mul_(self.scale).add_(null)
         if u < len(x):
-            result[u:] = self._compose(out[fast_rows:], labels[u:], row_labels, rest)
+            result[u:] = self._compose(out[fast_rows:], labels, row_labels, rest)
         return result
 
     def _masks(self, labels: torch.Tensor, plan: EvalPlan) -> tuple[torch.Tensor, torch.Tensor]:

@@ -251,7 +251,8 @@ class RandomPatchSampler:
         in canvas coordinates; ``row_offset`` is the canvas's first row on the whole latent
         (the keyed noise is drawn at latent positions). ``before_batch`` runs before every
         batch (a cancel check), ``after_batch(done, total)`` after it (progress), ``x0_hook``
-        sees every batch's x0 prediction with its rows, columns and owned mask (preview).
+        sees the x0 prediction of every run of patches with its rows, columns and owned mask
+        (None: all of it is owned) (preview).
         """
         if geometry.shape[1] == 0:
             return  # no patch: nothing is written, the canvas keeps its latent
@@ -270,26 +271,27 @@ class RandomPatchSampler:
             if before_batch is not None:
                 before_batch()
             wy, wx, oy0, oy1, ox0, ox1 = windows[:, p0:p1]
+            span = plan.span(p0, p1)
             xs = canvas.gather_windows(wy, wx, self.patch)  # (b, C, P, P)
-            ls = canvas.gather_label_windows(wy, wx, self.patch)
-            eps = self.denoiser(xs, ddim.t, ls, plan.span(p0, p1))
-            x0 = ddim.predict_x0(xs, eps)
+            # the patches in one class (the first span.uniform) need no labels
+            ls = canvas.gather_label_windows(wy[span.uniform :], wx[span.uniform :], self.patch)
+            eps = self.denoiser(xs, ddim.t, ls, span)
             rows, cols = wy[:, None] + ar, wx[:, None] + ar  # (b, P) canvas positions
-            owned = None
-            if x0_hook is not None or not whole[p0:p1].all():
-                owned = ((rows >= oy0[:, None]) & (rows < oy1[:, None]))[:, :, None] & (
-                    (cols >= ox0[:, None]) & (cols < ox1[:, None])
-                )[:, None, :]
-            if x0_hook is not None:
-                x0_hook(x0, rows, cols, owned)
-            update = ddim.update(x0, eps, None if noise is None else noise.at(rows, cols), inplace=True)
             for r0, r1, is_whole in _runs(whole[p0:p1]):
+                x, e, r, c = xs[r0:r1], eps[r0:r1], rows[r0:r1], cols[r0:r1]
+                owned = None  # a whole cell: every pixel computed below is written
+                if is_whole and m:  # only the cell advances: no work on the context around it
+                    cell = slice(m, self.patch - m)
+                    x, e, r, c = x[..., cell, cell], e[..., cell, cell], r[:, cell], c[:, cell]
+                elif not is_whole:
+                    y0, y1, x0, x1 = oy0[r0:r1, None], oy1[r0:r1, None], ox0[r0:r1, None], ox1[r0:r1, None]
+                    owned = ((r >= y0) & (r < y1))[:, :, None] & ((c >= x0) & (c < x1))[:, None, :]
+                see_x0 = None if x0_hook is None else (lambda x0, r=r, c=c, owned=owned: x0_hook(x0, r, c, owned))
+                update = ddim.advance(x, e, None if noise is None else noise.at(r, c), see_x0)
                 if is_whole:
-                    cells = update[r0:r1, :, m : self.patch - m, m : self.patch - m]
-                    canvas.write_cells(oy0[r0:r1], ox0[r0:r1], cells)
+                    canvas.write_cells(oy0[r0:r1], ox0[r0:r1], update)
                 else:
-                    index = canvas.window_index(rows[r0:r1], cols[r0:r1])
-                    canvas.scatter(index, owned[r0:r1], update[r0:r1])
+                    canvas.scatter(canvas.window_index(r, c), owned, update)
             if after_batch is not None:
                 after_batch(p1, total)
         canvas.swap()
@@ -379,12 +381,14 @@ class RandomPatchSampler:
         x0: torch.Tensor,
         rows: torch.Tensor,
         cols: torch.Tensor,
-        owned: torch.Tensor,
+        owned: torch.Tensor | None,
         stride: int,
         shape: tuple[int, int],
     ) -> None:
-        """Write every ``stride``-th owned pixel of x0 (b, C, P, P) into the flat preview buffer."""
-        on_grid = ((rows % stride) == 0)[:, :, None] & ((cols % stride) == 0)[:, None, :] & owned
+        """Write every ``stride``-th owned pixel of x0 (b, C, P, Q) into the flat preview buffer."""
+        on_grid = ((rows % stride) == 0)[:, :, None] & ((cols % stride) == 0)[:, None, :]
+        if owned is not None:
+            on_grid &= owned
         width = -(-shape[1] // stride)
         target = (rows // stride)[:, :, None] * width + (cols // stride)[:, None, :]
         target = torch.where(on_grid, target, buffer.shape[1] - 1).reshape(1, -1)
