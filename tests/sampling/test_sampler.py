@@ -203,3 +203,24 @@ def test_patches_per_run_matches_what_the_sampler_evaluates():
     done = sum(sampler.stats.patches_per_step)
     assert sampler.stats.patches_per_step[-1] > sampler.stats.patches_per_step[0]  # late cells are smaller
     assert abs(patches_per_run(shape, 32, steps) - done) <= 0.1 * done
+
+
+def test_window_presence_equals_looking_at_every_label():
+    """The min/max shortcut of the step plan finds exactly the labels of every window."""
+    from napari_diffinfinite.benchmarks.overhead import ZeroCostNetwork
+    from napari_diffinfinite.sampling.canvas import LatentCanvas
+    from napari_diffinfinite.sampling.guidance import label_presence
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.repeat(rng.integers(0, 5, (4, 4)), 27, 0), 27, 1).astype(np.uint8)  # 108 x 108
+    labels[40:60, 40:60] = 2
+    sampler = RandomPatchSampler(ZeroCostNetwork(), channels=4, patch=16, steps=4)
+    canvas = LatentCanvas(torch.zeros(4, *labels.shape), labels, torch.device("cpu"))
+    grid = sampler.grid(labels.shape, 1)
+    geometry = np.stack([grid.window_y, grid.window_x, grid.own_y0, grid.own_y1, grid.own_x0, grid.own_x1])
+    got = sampler._presence(canvas, geometry, 5)
+    windows = torch.stack(
+        [torch.from_numpy(labels[y : y + 16, x : x + 16]) for y, x in zip(grid.window_y, grid.window_x)]
+    )
+    assert np.array_equal(got, label_presence(windows, 5).numpy())
+    assert got.sum(1).min() == 1 and got.sum(1).max() >= 3  # uniform, two-label and many-label windows

@@ -199,21 +199,43 @@ class RandomPatchSampler:
     def _plan_step(
         self, canvas: LatentCanvas, geometry: np.ndarray, num_labels: int, context: int = 0
     ) -> tuple[np.ndarray, EvalPlan]:
-        """The step's patches in evaluation order and its network evaluations (one sync).
+        """The step's patches in evaluation order and its network evaluations (see :meth:`_presence`).
 
         The labels present in every window decide the evaluations. Patches are sorted by the
         denoiser's group (those in one class first, see :meth:`GuidedDenoiser.group`), then
         those whose owned cell is a whole square first (written by :meth:`LatentCanvas.write_cells`):
         batches then hold few runs of each kind. Returns ``geometry`` in that order.
         """
-        windows = torch.from_numpy(geometry[:2]).to(self.device)
-        present = []
-        for start in range(0, windows.shape[1], _PRESENCE_CHUNK):
-            wy, wx = windows[0, start : start + _PRESENCE_CHUNK], windows[1, start : start + _PRESENCE_CHUNK]
-            present.append(label_presence(canvas.gather_label_windows(wy, wx, self.patch), num_labels))
-        present = torch.cat(present).cpu().numpy()
+        present = self._presence(canvas, geometry, num_labels)
         order = np.lexsort((~self._whole_cells(geometry, context), self.denoiser.group(present)))
         return geometry[:, order], self.denoiser.plan(present[order]).to(self.device)
+
+    def _presence(self, canvas: LatentCanvas, geometry: np.ndarray, num_labels: int) -> np.ndarray:
+        """(N, L) bool on the host: the labels present in each window (two syncs per step).
+
+        Most windows lie in one class: one min/max pass over every window finds those, and
+        only the others are compared label by label.
+        """
+        windows = torch.from_numpy(geometry[:2]).to(self.device)
+        bounds = []
+        for start in range(0, windows.shape[1], _PRESENCE_CHUNK):
+            wy, wx = windows[0, start : start + _PRESENCE_CHUNK], windows[1, start : start + _PRESENCE_CHUNK]
+            labels = canvas.gather_label_windows(wy, wx, self.patch)
+            bounds.append(torch.stack(torch.aminmax(labels.view(len(labels), -1), dim=1)))
+        low, high = torch.cat(bounds, 1).long().cpu().numpy()
+        present = np.zeros((len(low), num_labels), bool)
+        present[np.arange(len(low)), low] = True
+        present[np.arange(len(low)), high] = True
+        mixed = np.flatnonzero(high - low > 1)  # two labels are found by min and max; more need a look
+        if len(mixed):
+            index = torch.from_numpy(mixed).to(self.device)
+            found = []
+            for start in range(0, len(mixed), _PRESENCE_CHUNK):
+                part = index[start : start + _PRESENCE_CHUNK]
+                labels = canvas.gather_label_windows(windows[0, part], windows[1, part], self.patch)
+                found.append(label_presence(labels, num_labels))
+            present[mixed] = torch.cat(found).cpu().numpy()
+        return present
 
     def _whole_cells(self, geometry: np.ndarray, m: int) -> np.ndarray:
         """(N,) bool: the patches whose owned cell is the square of side ``patch - 2 m`` at (m, m) of the window."""
