@@ -358,3 +358,14 @@ def test_compile_flag_becomes_a_setting(tmp_path):
     generate.add_parser(parser.add_subparsers())
     args = parser.parse_args(["generate", "--out", str(tmp_path / "s.zarr"), "--label", "1", "--compile"])
     assert generate.request_from_args(args).settings.compile is True
+
+
+def test_bench_overhead_json_reports_ms_per_patch_per_size(capsys):
+    assert main(["bench", "--overhead", "--json", "--sizes", "1024,2048", "--steps", "1"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    sizes = {entry["size"]: entry for entry in result["sizes"]}
+    assert sorted(sizes) == [1024, 2048]
+    # 1024 px: a 128 x 128 latent of 64 px patches, a shifted grid of 2 or 3 patches a side
+    assert sizes[1024]["patches_per_step"] in (4, 6, 9) and sizes[1024]["batch_size"] == 64
+    for entry in sizes.values():
+        assert entry["ms_per_patch"] > 0 and entry["cpu_ms_per_patch"] > 0 and entry["setup_ms"] >= 0
