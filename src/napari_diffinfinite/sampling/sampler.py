@@ -101,6 +101,14 @@ class RandomPatchSampler:
     the network; ``static_shapes`` (default: with ``compile`` on CUDA) pads every network
     call to the batch size. ``late_context`` latent pixels of context (default patch / 8)
     are given to the cells of the steps from ``late_context_from`` of the schedule on.
+
+    ``schedule`` replaces DiffInfinite's DDIM schedule (``steps``, ``eta``, ``timesteps`` are
+    then unused) with any sequence of steps that have ``t``, ``final``, ``sigma`` and
+    ``advance(x, model_output, noise, see_x0)`` (e.g. a diffusers scheduler driven through its
+    ``step`` API, :mod:`napari_diffinfinite.diffusers_backend.schedule`). A schedule with
+    ``history_channels`` > 0 keeps that many extra channels per latent pixel on the canvas
+    (a multistep solver's earlier model outputs): they are gathered, advanced and written
+    with the latent, and saved with it for resume.
     """
 
     def __init__(
@@ -123,10 +131,12 @@ class RandomPatchSampler:
         static_shapes: bool | None = None,
         late_context: int | None = None,
         late_context_from: float = LATE_CONTEXT_FROM,
+        schedule=None,
     ) -> None:
         self.unet = unet
         self.channels, self.patch, self.seed = channels, patch, seed
-        self.schedule = Schedule(steps, eta, timesteps)
+        self.schedule = Schedule(steps, eta, timesteps) if schedule is None else schedule
+        self.history_channels = int(getattr(self.schedule, "history_channels", 0))
         self.device = torch.device(device)
         on_cuda = self.device.type == "cuda"
         channels_last = on_cuda if channels_last is None else channels_last
@@ -214,7 +224,16 @@ class RandomPatchSampler:
         shape = tuple(state.latent.shape[-2:])
         if labels.shape != shape:
             raise ValueError(f"label mask {labels.shape} does not match the latent {shape}")
-        canvas = LatentCanvas(state.latent.float(), np.ascontiguousarray(labels, np.uint8), self.device)
+        latent = state.latent.float()
+        if self.history_channels and latent.shape[0] == self.channels:  # the start: no history yet
+            latent = torch.cat([latent, latent.new_zeros(self.history_channels, *shape)])
+        if latent.shape[0] != self.channels + self.history_channels:
+            raise ValueError(
+                f"the state has {latent.shape[0]} channels; this sampler keeps {self.channels} latent channels "
+                f"+ {self.history_channels} of solver history"
+            )
+        canvas = LatentCanvas(latent, np.ascontiguousarray(labels, np.uint8), self.device)
+        channels = self.channels
         num_labels = int(labels.max()) + 1 if labels.size else 1
         self.stats.ideal_patches_per_step = ideal_patches(shape, self.patch)
         stride = max(1, -(-max(shape) // PREVIEW_SIDE))
@@ -242,23 +261,26 @@ class RandomPatchSampler:
                     check(cancel)
                 except BaseException:
                     if checkpoint is not None:
-                        checkpoint(SamplerState(canvas.latent(), k))
+                        checkpoint(SamplerState(self._state_latent(canvas, k), k))
                     raise
                 wy, wx, oy0, oy1, ox0, ox1 = windows[:, p0:p1]
                 rows, cols = wy[:, None] + ar, wx[:, None] + ar  # (b, P) absolute positions
                 index = canvas.window_index(rows, cols)
-                xs = canvas.gather(index)  # (C, b, P, P)
+                xs = canvas.gather(index)  # (C [+ history], b, P, P)
                 ls = canvas.gather_labels(index)
-                eps = self.denoiser(xs.transpose(0, 1), ddim.t, ls, plan.span(p0, p1))
+                eps = self.denoiser(xs[:channels].transpose(0, 1), ddim.t, ls, plan.span(p0, p1))
                 eps = eps.transpose(0, 1).contiguous()  # channel-major like xs: the update runs on contiguous memory
-                x0 = ddim.predict_x0(xs, eps)
                 owned = ((rows >= oy0[:, None]) & (rows < oy1[:, None]))[:, :, None] & (
                     (cols >= ox0[:, None]) & (cols < ox1[:, None])
                 )[:, None, :]
+                see_x0 = None
                 if x0_preview is not None:
-                    self._preview_write(x0_preview, x0, rows, cols, owned, stride, shape)
+
+                    def see_x0(x0, rows=rows, cols=cols, owned=owned):
+                        self._preview_write(x0_preview, x0, rows, cols, owned, stride, shape)
+
                 noise = normal_at(self.seed, k, self.channels, rows, cols) if noisy else None
-                canvas.scatter(index, owned, ddim.update(x0, eps, noise, inplace=True))
+                canvas.scatter(index, owned, ddim.advance(xs, eps, noise, see_x0))
                 report(
                     progress,
                     ProgressEvent(
@@ -277,10 +299,15 @@ class RandomPatchSampler:
                 report(progress, ProgressEvent("sample", (k + 1) * 1000, steps * 1000, f"step {k + 1}/{steps}", image))
             now = time.monotonic()
             if checkpoint is not None and (k + 1 == steps or now - last_checkpoint >= checkpoint_every_s):
-                checkpoint(SamplerState(canvas.latent(), k + 1))
+                checkpoint(SamplerState(self._state_latent(canvas, k + 1), k + 1))
                 last_checkpoint = now
         self.stats.network_evals = self.denoiser.count.network
-        return SamplerState(canvas.latent(), end)
+        return SamplerState(self._state_latent(canvas, end), end)
+
+    def _state_latent(self, canvas: LatentCanvas, step: int) -> torch.Tensor:
+        """The canvas as a state to save: with the solver history while steps remain, else the latent alone."""
+        latent = canvas.latent()
+        return latent if step < self.steps else latent[: self.channels].clone()
 
     @staticmethod
     def _preview_write(

@@ -9,6 +9,7 @@ truncated to integers and reversed; the last pair ends at -1, where x0 is return
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -52,6 +53,20 @@ class DDIMStep:
         out = x_t * self.sqrt_recip_ac
         out -= eps * self.sqrt_recipm1_ac
         return out.clamp_(-1.0, 1.0)
+
+    def advance(
+        self,
+        x_t: torch.Tensor,
+        eps: torch.Tensor,
+        noise: torch.Tensor | None,
+        see_x0: Callable[[torch.Tensor], None] | None = None,
+    ) -> torch.Tensor:
+        """x_{t_next} from x_t and the (guided) noise prediction; ``see_x0`` is shown the clipped
+        x0 prediction first (previews). ``noise`` may be overwritten."""
+        x0 = self.predict_x0(x_t, eps)
+        if see_x0 is not None:
+            see_x0(x0)
+        return self.update(x0, eps, noise, inplace=True)
 
     def update(
         self, x0: torch.Tensor, eps: torch.Tensor, noise: torch.Tensor | None, *, inplace: bool = False
