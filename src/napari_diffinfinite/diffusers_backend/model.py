@@ -230,6 +230,7 @@ def load_diffusers(
     codec_dtype = torch.float32 if device.type == "cpu" else dtype
     vae.to(device=device, dtype=codec_dtype)
     codec = VAECodec(vae, latent_scale=1.0 / vae.config.scaling_factor, sample=True, signed=True)
+    codec.name = "diffusers-vae"  # the pipeline's own VAE, Stable Diffusion scaling
     return DiffusersModel(pipe, network, config, options, prompts, record, scheduler_config), codec
 
 
