@@ -115,6 +115,55 @@ class DiffusersModel:
         self.unet.set_embeddings(self.unet.embeddings)
         return self
 
+    def condition(self, options: DiffusersOptions) -> DiffusersModel:
+        """Use the prompts (and scheduler, ControlNet scale) of ``options`` from now on; they must
+        name the pipeline, ControlNet and LoRA this model was loaded from. The prompts are
+        encoded again (a loaded pipeline serves many slides)."""
+        options.check()
+        loaded = self.options
+        for what in ("pipeline", "controlnet", "lora"):
+            mine, theirs = getattr(loaded, what), getattr(options, what)
+            if (mine is None) != (theirs is None) or (mine is not None and Path(mine) != Path(theirs)):
+                raise SettingsError(
+                    f"the loaded model has {what} {mine or 'none'} but {theirs or 'none'} was asked for; load that one"
+                )
+        if options.conditioning not in (None, loaded.conditioning):
+            raise SettingsError("the ControlNet conditioning is chosen when the ControlNet is loaded; load it again")
+        class_prompts = resolve_class_prompts(options.class_prompts, self.config.class_names)
+        text_device = next(self.pipe.text_encoder.parameters()).device
+        self.prompts = encode_prompts(self.pipe, options.prompt, options.negative_prompt, class_prompts, text_device)
+        self.unet.set_embeddings(self.prompts.embeddings)
+        self.unet.controlnet_scale = float(options.controlnet_scale)
+        self.options = options
+        return self
+
+    def describe(self) -> dict[str, Any]:
+        """What the Checkpoints widget and ``info`` show about the loaded model (as
+        :func:`~napari_diffinfinite.engine.describe_model` does for DiffInfinite models)."""
+        c = self.config
+        cn = self.record.get("controlnet")
+        return {
+            "kind": "image",
+            "family": "diffusers",
+            "architecture": "diffusers UNet2DConditionModel"
+            + (" + ControlNet" if cn else "")
+            + (" + LoRA" if self.record.get("lora") else ""),
+            "codec": "pipeline VAE",
+            "patch_size": c.patch_size,
+            "num_classes": len(c.class_names),
+            "class_names": list(c.class_names),
+            "class_colors": [tuple(col) for col in c.class_colors],
+            "parameters": self.num_parameters,
+            "device": str(self.device),
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "source": self.source,
+            "sha256": self.sha256,
+            "pixel_size_um": c.pixel_size_um,
+            "sampling_steps": c.sampling_steps,
+            "controlnet": bool(cn),
+            "scheduler": self.options.scheduler,
+        }
+
     def provenance(self, omega: float, steps: int, eta: float) -> dict[str, Any]:
         """What the slide's provenance records about the model and its conditioning."""
         o = self.options

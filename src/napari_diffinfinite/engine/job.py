@@ -170,6 +170,10 @@ def _load(request: GenerateRequest, settings: GenerateSettings, sample_layout: b
         models = request.models
         device, dtype = resolve_device(settings.device), resolve_dtype(settings.dtype)
         models.image.to(device, dtype)
+        if request.diffusers is not None:
+            if not isinstance(models.image, DiffusersModel):
+                raise SettingsError("diffusers options were given but the loaded image model is a DiffInfinite model")
+            models.image.condition(request.diffusers)  # this slide's prompts, encoded once
         if sample_layout and models.mask is None:
             raise SettingsError("the layout is to be sampled but the loaded models hold no mask model")
         return models

@@ -155,7 +155,8 @@ def _validate_diffusers(request: GenerateRequest, *, resuming: bool) -> None:
     """A diffusers request: no DiffInfinite model or VAE besides the pipeline, no mask model;
     with no layout given (and no store to resume), label 0 everywhere."""
     request.diffusers.check()
-    if request.image_model is not None or request.vae is not None:
+    # (with loaded models, the job conditions the loaded pipeline on these options)
+    if request.models is None and (request.image_model is not None or request.vae is not None):
         raise SettingsError("a diffusers pipeline brings its own UNet and VAE: leave out --model and --vae")
     if request.layout.mask_model is not None:
         raise SettingsError(
