@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import pickle
 import shutil
+import sys
 
 import pytest
 import torch
@@ -90,3 +91,14 @@ def test_info_describes_pipeline_and_controlnet(tiny_pipeline, tiny_controlnet):
     assert info["weights"]["unet"] == "safetensors" and len(info["sha256"]) == 64
     cn = describe_pipeline(tiny_controlnet)
     assert cn["type"] == "diffusers ControlNet" and cn["conditioning"] == "colors"
+
+
+def test_missing_libraries_are_named_with_the_extra(tiny_pipeline, tiny_lora, monkeypatch):
+    monkeypatch.setitem(sys.modules, "peft", None)  # as if peft were not installed
+    with pytest.raises(
+        CheckpointError, match=r"LoRA weights need peft.*pip install 'napari-diffinfinite\[diffusers\]'"
+    ):
+        load_diffusers(DiffusersOptions(pipeline=tiny_pipeline, lora=tiny_lora))
+    monkeypatch.setitem(sys.modules, "transformers", None)
+    with pytest.raises(CheckpointError, match="diffusers pipelines need transformers"):
+        load_diffusers(DiffusersOptions(pipeline=tiny_pipeline))
