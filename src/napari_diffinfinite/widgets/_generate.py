@@ -125,6 +125,7 @@ class GenerateWidget(QWidget):
         prompts.addRow("Negative prompt", self.negative_prompt)
         prompts.addRow(self.class_prompts)
         self.prompt_box.setVisible(False)
+        self._diffusers_defaults = False
 
         self.generate_button = QPushButton("Generate")
         self.generate_button.clicked.connect(lambda: self.generate())
@@ -180,9 +181,11 @@ class GenerateWidget(QWidget):
         diffusers = info.get("family") == "diffusers"
         self.prompt_box.setVisible(diffusers)
         self.class_prompts.setVisible(diffusers and bool(info.get("controlnet")))
+        if diffusers != self._diffusers_defaults:  # the family's usual guidance and eta
+            self.omega.setValue(6.5 if diffusers else 3.0)  # diffusers' guidance_scale 7.5; DiffInfinite's omega 3
+            self.eta.setValue(0.0 if diffusers else 1.0)
+            self._diffusers_defaults = diffusers
         if diffusers:
-            self.omega.setValue(6.5)  # diffusers' guidance_scale 7.5
-            self.eta.setValue(0.0)
             names = self.state.class_names
             self.class_prompts.setRowCount(len(names))
             for row, name in enumerate(names):
