@@ -21,6 +21,17 @@ pytestmark = pytest.mark.gui
 CLASSES = {"class_names": ["unknown", "tumour", "stroma"], "class_colors": [[0, 0, 0], [200, 30, 60], [40, 160, 80]]}
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Tiny models: one thread (two OpenMP threads wait on each other on a busy machine)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def tiny_diffusers(tmp_path_factory):
     from napari_diffinfinite.diffusers_backend.tiny import write_tiny_controlnet, write_tiny_pipeline
@@ -32,6 +43,7 @@ def tiny_diffusers(tmp_path_factory):
     return pipeline, controlnet
 
 
+@pytest.mark.slow
 def test_load_a_pipeline_and_generate_with_prompts(viewer, qtbot, tmp_path, tiny_diffusers):
     from napari_diffinfinite.slide.store import SlideStore
 
