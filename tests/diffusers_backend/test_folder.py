@@ -102,3 +102,21 @@ def test_missing_libraries_are_named_with_the_extra(tiny_pipeline, tiny_lora, mo
     monkeypatch.setitem(sys.modules, "transformers", None)
     with pytest.raises(CheckpointError, match="diffusers pipelines need transformers"):
         load_diffusers(DiffusersOptions(pipeline=tiny_pipeline))
+
+
+def test_a_model_id_is_found_in_the_local_hugging_face_cache(tiny_pipeline, tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    from napari_diffinfinite.diffusers_backend.folder import check_pipeline
+
+    cache = tmp_path / "hub"
+    repo = cache / "models--lab--tiny-pathology-sd"
+    snapshot = repo / "snapshots" / ("0" * 40)
+    shutil.copytree(tiny_pipeline, snapshot)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert check_pipeline("lab/tiny-pathology-sd").path == snapshot
+    with pytest.raises(CheckpointError, match="nothing is downloaded"):
+        check_pipeline("lab/not-cached")
