@@ -83,4 +83,8 @@ def test_diffusers_request_is_checked_before_loading(tmp_path, tiny_pipeline):
     with pytest.raises(SettingsError, match="give the layout"):
         layout = engine.LayoutSource(mask_model="default")
         engine.run_generate(_request(tmp_path / "b.zarr", DiffusersOptions(pipeline=tiny_pipeline), layout=layout))
-    assert not (tmp_path / "a.zarr").exists() and not (tmp_path / "b.zarr").exists()
+    with pytest.raises(SettingsError, match="DPM-Solver\\+\\+ takes none"):
+        request = _request(tmp_path / "c.zarr", DiffusersOptions(pipeline=tiny_pipeline, scheduler="dpm++"))
+        request.settings.eta = 0.5
+        engine.run_generate(request)
+    assert not any((tmp_path / name).exists() for name in ("a.zarr", "b.zarr", "c.zarr"))

@@ -155,6 +155,8 @@ def _validate_diffusers(request: GenerateRequest, *, resuming: bool) -> None:
     """A diffusers request: no DiffInfinite model or VAE besides the pipeline, no mask model;
     with no layout given (and no store to resume), label 0 everywhere."""
     request.diffusers.check()
+    if request.diffusers.scheduler != "ddim" and request.settings.eta:
+        raise SettingsError("eta is DDIM's stochasticity; DPM-Solver++ takes none: leave --eta out (or use ddim)")
     # (with loaded models, the job conditions the loaded pipeline on these options)
     if request.models is None and (request.image_model is not None or request.vae is not None):
         raise SettingsError("a diffusers pipeline brings its own UNet and VAE: leave out --model and --vae")
