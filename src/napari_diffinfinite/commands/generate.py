@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from .. import engine
+from ..errors import SettingsError
 from ..threads import configure_torch_threads
 from ._progress import TqdmProgress
 from ._signals import cancel_on_signals
@@ -78,6 +79,34 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="save the sampler state at most this often while sampling and decoding (default 60)",
     )
     p.add_argument("--resume", action="store_true", help="continue an interrupted store with the same settings")
+    d = p.add_argument_group(
+        "diffusers pipeline (instead of a DiffInfinite model; see docs/diffusers.md; with no layout, label 0 "
+        "everywhere)"
+    )
+    d.add_argument("--pipeline", help="diffusers pipeline folder (or a model id in the local Hugging Face cache)")
+    d.add_argument("--prompt", help="text prompt of the slide (default empty)")
+    d.add_argument("--negative-prompt", help="negative prompt (default empty, as in diffusers)")
+    d.add_argument(
+        "--class-prompt",
+        action="append",
+        default=[],
+        metavar="LABEL=TEXT",
+        help="a prompt for one class of the layout (label number or class name); repeat for more classes",
+    )
+    d.add_argument("--controlnet", help="ControlNet folder conditioned on the layout under each patch")
+    d.add_argument("--controlnet-scale", type=float, default=1.0, help="ControlNet conditioning scale (default 1)")
+    d.add_argument(
+        "--conditioning",
+        choices=["colors", "onehot"],
+        help="how the ControlNet sees the layout (default: its diffinfinite.json, else by its input channels)",
+    )
+    d.add_argument("--lora", help="LoRA weights (.safetensors) for the pipeline")
+    d.add_argument("--scheduler", choices=["ddim", "dpm++"], help="diffusers scheduler (default ddim)")
+    d.add_argument(
+        "--guidance-scale",
+        type=float,
+        help="classifier-free guidance scale as in diffusers (= omega + 1; default 7.5)",
+    )
     p.add_argument(
         "--allow-dtype-change",
         action="store_true",
@@ -105,8 +134,42 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
+_DIFFUSERS_ONLY = ("prompt", "negative_prompt", "controlnet", "lora", "scheduler", "guidance_scale", "conditioning")
+
+
+def _diffusers_options(args: argparse.Namespace):
+    """The diffusers options of ``--pipeline`` (None without it; its options alone are refused)."""
+    from ..diffusers_backend.model import DiffusersOptions
+
+    if args.pipeline is None:
+        given = [f"--{k.replace('_', '-')}" for k in _DIFFUSERS_ONLY if getattr(args, k) is not None]
+        given += ["--class-prompt"] if args.class_prompt else []
+        if given:
+            raise SettingsError(f"{', '.join(given)} need a diffusers pipeline: add --pipeline FOLDER")
+        return None
+    if args.guidance_scale is not None and args.omega is not None:
+        raise SettingsError("--guidance-scale is omega + 1: give one of --guidance-scale and --omega")
+    class_prompts: dict[int | str, str] = {}
+    for item in args.class_prompt:
+        label, sep, text = item.partition("=")
+        if not sep or not label.strip():
+            raise SettingsError(
+                f"--class-prompt {item!r} is not LABEL=TEXT (e.g. --class-prompt tumour='solid sheets')"
+            )
+        label = label.strip()
+        class_prompts[int(label) if label.isdigit() else label] = text
+    return DiffusersOptions(
+        pipeline=args.pipeline, prompt=args.prompt or "", negative_prompt=args.negative_prompt,
+        class_prompts=class_prompts, controlnet=args.controlnet, lora=args.lora, scheduler=args.scheduler or "ddim",
+        controlnet_scale=args.controlnet_scale, conditioning=args.conditioning,
+    )  # fmt: skip
+
+
 def request_from_args(args: argparse.Namespace) -> engine.GenerateRequest:
-    """The engine request the options describe (nothing is loaded or checked here)."""
+    """The engine request the options describe (nothing is loaded here; diffusers options are parsed)."""
+    diffusers = _diffusers_options(args)
+    if diffusers is not None and args.guidance_scale is not None:
+        args.omega = args.guidance_scale - 1.0
     size = args.size if args.size is not None else (None if args.resume else DEFAULT_SIZE)
     layout = engine.LayoutSource(
         mask=args.mask, label=args.label, mask_model=args.mask_model, condition=args.mask_condition,
@@ -121,6 +184,7 @@ def request_from_args(args: argparse.Namespace) -> engine.GenerateRequest:
         out=args.out, size=None if size is None else engine.parse_size(size), image_model=args.model, vae=args.vae,
         layout=layout, settings=settings, resume=args.resume, overwrite=args.overwrite, keep_state=args.keep_state,
         allow_dtype_change=args.allow_dtype_change, allow_device_change=args.allow_device_change,
+        diffusers=diffusers,
     )  # fmt: skip
 
 
@@ -140,6 +204,8 @@ def _already_complete(path: Path) -> bool:
 def run(args: argparse.Namespace) -> int:
     from ..distributed_slide import launched_distributed, rank, run_generate_distributed
 
+    if args.pipeline is not None and (args.nproc != 1 or launched_distributed()):
+        raise SettingsError("a diffusers pipeline runs in one process for now; leave out --nproc")
     if args.nproc != 1 and not launched_distributed():
         from ._ranks import run_ranks
 
@@ -162,6 +228,9 @@ def run(args: argparse.Namespace) -> int:
     elapsed = time.perf_counter() - started
     provenance = store.provenance
     source = (provenance.get("image_model") or {}).get("source", "")
+    if provenance.get("diffusers"):
+        d = provenance["diffusers"]
+        print(f"diffusers: {d['scheduler_class']}, guidance {d['guidance_scale']:g}, prompt {d['prompt']!r}")
     if source.startswith("random-init"):
         print(f"note: {source}; train the demo with scripts/train_demo.py or pass --model")
     stats = provenance.get("sampler_stats", {})

@@ -127,6 +127,10 @@ def read_manifest(path: str | Path) -> list[GenerateRequest]:
                 value = getattr(args, name)
                 if value is not None and str(value) != "default" and not Path(value).expanduser().is_absolute():
                     setattr(args, name, type(value)(path.resolve().parent / value))
+            for name in ("pipeline", "controlnet", "lora"):  # folders or files; else a hub id in the cache
+                value = getattr(args, name)
+                if value is not None and (path.resolve().parent / value).exists():
+                    setattr(args, name, str(path.resolve().parent / value))
             args.resume = False
             requests.append(generate.request_from_args(args))
         except SettingsError as exc:

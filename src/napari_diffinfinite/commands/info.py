@@ -20,7 +20,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 _ACCEPTS = (
     "info describes a slide store (a .zarr folder written by diffinfinite generate), a model folder "
-    "(config.json + model.safetensors) or an official DiffInfinite checkpoint (model-N.pt)"
+    "(config.json + model.safetensors), an official DiffInfinite checkpoint (model-N.pt), or a diffusers "
+    "pipeline or ControlNet folder"
 )
 _CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".safetensors")
 
@@ -33,6 +34,19 @@ def _looks_like_checkpoint(path: Path) -> bool:
         return f.read(4) == b"PK\x03\x04"
 
 
+def _is_diffusers_folder(path: Path) -> bool:
+    """A diffusers pipeline (model_index.json or unet/ + vae/) or a ControlNet folder (its config's class)."""
+    if (path / "model_index.json").is_file() or ((path / "unet").is_dir() and (path / "vae").is_dir()):
+        return True
+    config = path / CONFIG_NAME
+    if config.is_file() and config.stat().st_size < 1 << 20:
+        try:
+            return json.loads(config.read_text()).get("_class_name") == "ControlNetModel"
+        except (ValueError, AttributeError):
+            return False
+    return False
+
+
 def describe_path(path: Path) -> dict:
     """What ``info`` prints for ``path``, decided by content; anything else is refused with what is accepted."""
     if not path.exists():
@@ -41,6 +55,10 @@ def describe_path(path: Path) -> dict:
         if not _looks_like_checkpoint(path):
             raise DiffInfiniteError(f"{path} is neither a checkpoint nor a slide store; {_ACCEPTS}")
         return {"type": "model", **engine.describe_model(load_model(path))}
+    if _is_diffusers_folder(path):
+        from ..diffusers_backend.model import describe_pipeline
+
+        return describe_pipeline(path)
     if (path / CONFIG_NAME).is_file():
         return {"type": "model", **engine.describe_model(load_model(path))}
     if not ((path / ".zattrs").is_file() or (path / "zarr.json").is_file()):

@@ -37,10 +37,10 @@ from .models import (
     resolve_device,
     resolve_dtype,
 )
-from .request import GenerateRequest, GenerateSettings, validate, validate_for_model
+from .request import DiffusersOptions, GenerateRequest, GenerateSettings, validate, validate_for_model
 
 __all__ = [
-    "MAX_CANVAS_SIDE", "GenerateRequest", "GenerateSettings", "LayoutSource", "LoadedModels", "ResumePoint",
+    "MAX_CANVAS_SIDE", "DiffusersOptions", "GenerateRequest", "GenerateSettings", "LayoutSource", "LoadedModels", "ResumePoint",
     "SlideCost", "available_devices", "build_layout", "canvas_downsample", "canvas_shape", "canvas_transform",
     "check_slide_size", "describe_layout", "describe_model", "dtype_name", "format_size", "generate_slide", "latent_shape",
     "load_codec", "load_image_model", "load_mask_model", "load_models", "mask_from_path", "parse_size",

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from .. import __version__
+from ..diffusers_backend.model import DiffusersModel
 from ..errors import MaskError, SettingsError, StoreError
 from ..model.codec import Codec
 from ..model.pretrained import DiffusionModel
@@ -141,10 +142,14 @@ def _resolved_settings(request: GenerateRequest, point: ResumePoint | None) -> G
 def _provenance(model: DiffusionModel, codec: Codec, steps: int, omega: float, eta: float, seed: int,
                 device: torch.device, dtype: torch.dtype, mask_info: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
     c = model.config
+    extra = {}
+    if isinstance(model, DiffusersModel):
+        extra = {"diffusers": model.provenance(omega, steps, eta)}
     return {
         "software": "napari-diffinfinite",
         "version": __version__,
         "image_model": {"source": model.source, "sha256": model.sha256},
+        **extra,
         "codec": codec.name if c.pixel_unshuffle == 1 else f"{codec.name}/unshuffle{c.pixel_unshuffle}",
         "seed": seed,
         "steps": steps,
@@ -152,7 +157,7 @@ def _provenance(model: DiffusionModel, codec: Codec, steps: int, omega: float, e
         "cond_scale": omega + 1.0,
         "eta": eta,
         "patch_size": c.patch_size,
-        "sampler": "parallel random-patch DDIM",
+        "sampler": "parallel random-patch " + (extra["diffusers"]["scheduler_class"] if extra else "DDIM"),
         "device": device.type,
         "dtype": dtype_name(dtype),
         "mask": mask_info,
@@ -165,9 +170,20 @@ def _load(request: GenerateRequest, settings: GenerateSettings, sample_layout: b
         models = request.models
         device, dtype = resolve_device(settings.device), resolve_dtype(settings.dtype)
         models.image.to(device, dtype)
+        if request.diffusers is not None:
+            if not isinstance(models.image, DiffusersModel):
+                raise SettingsError("diffusers options were given but the loaded image model is a DiffInfinite model")
+            models.image.condition(request.diffusers)  # this slide's prompts, encoded once
         if sample_layout and models.mask is None:
             raise SettingsError("the layout is to be sampled but the loaded models hold no mask model")
         return models
+    if request.diffusers is not None:
+        from ..diffusers_backend.model import load_diffusers
+
+        model, codec = load_diffusers(
+            request.diffusers, device=resolve_device(settings.device), dtype=resolve_dtype(settings.dtype)
+        )
+        return LoadedModels(image=model, codec=codec)
     layout = request.layout
     return load_models(
         request.image_model, vae=request.vae, mask_model=layout.mask_model if sample_layout else False,
@@ -192,6 +208,24 @@ def _layout(request: GenerateRequest, point: ResumePoint | None, models: LoadedM
             "option (the store's own is used), or start a new slide with --overwrite"
         )
     return mask, info
+
+
+#: What a resumed diffusers slide must be conditioned on as before.
+_DIFFUSERS_RESUME_KEYS = ("prompt", "negative_prompt", "class_prompts", "scheduler", "conditioning", "controlnet_scale")
+
+
+def _check_resumed_prompts(out: Path, before: dict[str, Any], now: dict[str, Any]) -> None:
+    """Refuse to resume a diffusers slide with other prompts, scheduler or ControlNet settings."""
+    differences = [
+        f"{key}: store {before.get(key)!r} vs now {now.get(key)!r}"
+        for key in _DIFFUSERS_RESUME_KEYS
+        if before.get(key) != now.get(key)
+    ]
+    if differences:
+        raise StoreError(
+            f"cannot resume {out}: it was started with other conditioning ({'; '.join(differences)}); give the "
+            "same prompts and options as before (diffinfinite info shows them), or start a new slide"
+        )
 
 
 def run_generate(
@@ -237,13 +271,18 @@ def _generate(request: GenerateRequest, point: ResumePoint | None, progress: Pro
     config = models.image.config
     steps = settings.steps if settings.steps is not None else config.sampling_steps
     eta = config.eta if settings.eta is None else settings.eta
-    omega = DEFAULT_OMEGA if settings.omega is None else float(settings.omega)
+    omega = getattr(config, "default_omega", DEFAULT_OMEGA) if settings.omega is None else float(settings.omega)
     seed = DEFAULT_SEED if settings.seed is None else int(settings.seed)
     device, dtype = resolve_device(settings.device), resolve_dtype(settings.dtype)
     if point is not None:
         model_sha = (point.provenance.get("image_model") or {}).get("sha256")
         if model_sha != models.image.sha256:
-            raise StoreError(f"cannot resume {out}: a different image model wrote this store; use the original model")
+            what = "pipeline, ControlNet or LoRA" if isinstance(models.image, DiffusersModel) else "image model"
+            raise StoreError(f"cannot resume {out}: a different {what} wrote this store; use the original one")
+        if isinstance(models.image, DiffusersModel):
+            _check_resumed_prompts(
+                out, point.provenance.get("diffusers") or {}, models.image.provenance(omega, steps, eta)
+            )
         if point.provenance.get("patch_size") not in (None, config.patch_size):
             raise StoreError(
                 f"cannot resume {out}: the store was sampled with {point.provenance['patch_size']} px patches"
@@ -302,10 +341,15 @@ class _Job:
             store.write_labels(mask, progress=progress, cancel=cancel)
             self.save(None if latent is None else torch.from_numpy(np.asarray(latent)), step, decoded_rows=decoded_rows,
                       labels_written=True)  # fmt: skip
+        backend = (
+            models.image.sampler_options(steps=self.steps, eta=eta, channels=codec.latent_channels)
+            if isinstance(models.image, DiffusersModel)
+            else {}
+        )
         sampler = RandomPatchSampler(
             models.image.unet, channels=codec.latent_channels, patch=config.latent_patch, steps=self.steps,
             omega=omega, eta=eta, seed=seed, batch_size=batch_size, device=device, dtype=dtype,
-            timesteps=config.timesteps, compile=self.compile,
+            timesteps=config.timesteps, compile=self.compile, **backend,
         )  # fmt: skip
         shape = latent_shape(size, config, codec.scale_factor)
         state = (

@@ -9,10 +9,11 @@ disk). Both run before anything is written or allocated.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..demo import demo_model_dir
+from ..diffusers_backend.model import DiffusersOptions
 from ..errors import SettingsError, StoreError
 from ..model.codec import Codec
 from ..model.pretrained import DiffusionModel
@@ -57,7 +58,9 @@ class GenerateRequest:
     ``overwrite`` replaces a store this tool wrote. ``keep_state`` keeps the sampler state in
     the finished store. ``allow_dtype_change``/``allow_device_change`` let a resumed run use
     another precision/device than the one recorded (the slide then differs from an
-    uninterrupted one).
+    uninterrupted one). ``diffusers``: generate with a diffusers pipeline (text prompts,
+    optional ControlNet and LoRA) instead of a DiffInfinite model; the guidance scale is
+    omega + 1, and with no layout given every pixel has label 0 (the slide's prompt).
     """
 
     out: str | Path
@@ -72,6 +75,7 @@ class GenerateRequest:
     keep_state: bool = False
     allow_dtype_change: bool = False
     allow_device_change: bool = False
+    diffusers: DiffusersOptions | None = None
 
     @property
     def path(self) -> Path:
@@ -89,6 +93,8 @@ def _check_int(name: str, value: object, low: int, high: int | None = None) -> N
 
 
 def _image_is_demo(request: GenerateRequest) -> bool:
+    if request.diffusers is not None:
+        return False
     spec = request.models.image if request.models is not None else request.image_model
     if isinstance(spec, DiffusionModel):
         return spec.source.startswith("random-init demo") or spec.source == str(demo_model_dir("image"))
@@ -138,9 +144,28 @@ def validate(request: GenerateRequest) -> None:
         check_replaceable_store(out)  # refused now, not after a layout was sampled
     if request.resume and not out.exists() and request.size is None:
         raise SettingsError(f"{out} does not exist, so there is nothing to resume; give --size to start it")
+    if request.diffusers is not None:
+        _validate_diffusers(request, resuming=request.resume and out.exists())
     image = request.models.image if request.models is not None else request.image_model
     names = list(image.config.class_names) if isinstance(image, DiffusionModel) else None
     check_layout_choice(request.layout, names, _image_is_demo(request), resuming=request.resume and out.exists())
+
+
+def _validate_diffusers(request: GenerateRequest, *, resuming: bool) -> None:
+    """A diffusers request: no DiffInfinite model or VAE besides the pipeline, no mask model;
+    with no layout given (and no store to resume), label 0 everywhere."""
+    request.diffusers.check()
+    if request.diffusers.scheduler != "ddim" and request.settings.eta:
+        raise SettingsError("eta is DDIM's stochasticity; DPM-Solver++ takes none: leave --eta out (or use ddim)")
+    # (with loaded models, the job conditions the loaded pipeline on these options)
+    if request.models is None and (request.image_model is not None or request.vae is not None):
+        raise SettingsError("a diffusers pipeline brings its own UNet and VAE: leave out --model and --vae")
+    if request.layout.mask_model is not None:
+        raise SettingsError(
+            "a mask model samples DiffInfinite layouts; with a diffusers pipeline give the layout (--mask or --label)"
+        )
+    if request.layout.samples and not resuming:
+        request.layout = replace(request.layout, label=0)
 
 
 def validate_for_model(

@@ -126,17 +126,26 @@ class IdentityCodec:
 
 
 class VAECodec:
-    """The SD-2 VAE with DiffInfinite's scaling (latent = encode(img in [0, 1]) / 50)."""
+    """The SD-2 VAE with DiffInfinite's scaling (latent = encode(img in [0, 1]) / 50).
+
+    ``signed``: the Stable Diffusion convention instead, images in [-1, 1] (what a diffusers
+    pipeline's VAE expects); a diffusers backend passes ``latent_scale = 1 / scaling_factor``,
+    so latent = encode(2 * img - 1) * scaling_factor. The downsampling factor and latent
+    channels are read from the VAE's config (8 and 4 for the Stable Diffusion VAEs).
+    """
 
     name = "sd2-vae"
-    scale_factor = 8
-    latent_channels = 4
     context = 16
 
-    def __init__(self, vae, latent_scale: float = 50.0, sample: bool = True) -> None:
+    def __init__(self, vae, latent_scale: float = 50.0, sample: bool = True, *, signed: bool = False) -> None:
         self.vae = vae.eval()
         self.latent_scale = latent_scale
         self.sample = sample
+        self.signed = signed
+        config = getattr(vae, "config", None)
+        blocks = getattr(config, "block_out_channels", None)
+        self.scale_factor = 2 ** (len(blocks) - 1) if blocks else 8
+        self.latent_channels = int(getattr(config, "latent_channels", 4) or 4)
 
     @property
     def device(self) -> torch.device:
@@ -148,14 +157,15 @@ class VAECodec:
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        images = images * 2 - 1 if self.signed else images
         dist = self.vae.encode(images.to(self.device, self.dtype)).latent_dist
         latents = dist.sample(generator) if self.sample else dist.mean
         return latents.float() / self.latent_scale
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        out = self.vae.decode(latents.to(self.device, self.dtype) * self.latent_scale).sample
-        return out.float().clamp(0, 1)
+        out = self.vae.decode(latents.to(self.device, self.dtype) * self.latent_scale).sample.float()
+        return ((out + 1) / 2 if self.signed else out).clamp(0, 1)
 
     @torch.no_grad()
     def tile_decoder(self, latent: torch.Tensor, statistics_side: int = 128) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -129,6 +129,14 @@ class RandomPatchSampler:
     the network; ``static_shapes`` (default: with ``compile`` on CUDA) pads every network
     call to the batch size. ``late_context`` latent pixels of context (default patch / 8)
     are given to the cells of the steps from ``late_context_from`` of the schedule on.
+
+    ``schedule`` replaces DiffInfinite's DDIM schedule (``steps``, ``eta``, ``timesteps`` are
+    then unused) with any sequence of steps that have ``t``, ``final``, ``sigma`` and
+    ``advance(x, model_output, noise, see_x0)`` (e.g. a diffusers scheduler driven through its
+    ``step`` API, :mod:`napari_diffinfinite.diffusers_backend.schedule`). A schedule with
+    ``history_channels`` > 0 keeps that many extra channels per latent pixel on the canvas
+    (a multistep solver's earlier model outputs): they are gathered, advanced and written
+    with the latent, and saved with it for resume.
     """
 
     def __init__(
@@ -151,10 +159,12 @@ class RandomPatchSampler:
         static_shapes: bool | None = None,
         late_context: int | None = None,
         late_context_from: float = LATE_CONTEXT_FROM,
+        schedule=None,
     ) -> None:
         self.unet = unet
         self.channels, self.patch, self.seed = channels, patch, seed
-        self.schedule = Schedule(steps, eta, timesteps)
+        self.schedule = Schedule(steps, eta, timesteps) if schedule is None else schedule
+        self.history_channels = int(getattr(self.schedule, "history_channels", 0))
         self.device = torch.device(device)
         on_cuda = self.device.type == "cuda"
         channels_last = on_cuda if channels_last is None else channels_last
@@ -297,7 +307,8 @@ class RandomPatchSampler:
             xs = canvas.gather_windows(wy, wx, self.patch)  # (b, C, P, P)
             # the patches in one class (the first span.uniform) need no labels
             ls = canvas.gather_label_windows(wy[span.uniform :], wx[span.uniform :], self.patch)
-            eps = self.denoiser(xs, ddim.t, ls, span)
+            # the network sees the latent channels; a multistep solver's history rides along
+            eps = self.denoiser(xs[:, : self.channels] if self.history_channels else xs, ddim.t, ls, span)
             rows, cols = wy[:, None] + ar, wx[:, None] + ar  # (b, P) canvas positions
             for r0, r1, is_whole in _runs(whole[p0:p1]):
                 x, e, r, c = xs[r0:r1], eps[r0:r1], rows[r0:r1], cols[r0:r1]
@@ -342,7 +353,15 @@ class RandomPatchSampler:
         shape = tuple(state.latent.shape[-2:])
         if labels.shape != shape:
             raise ValueError(f"label mask {labels.shape} does not match the latent {shape}")
-        canvas = LatentCanvas(state.latent.float(), np.ascontiguousarray(labels, np.uint8), self.device)
+        latent = state.latent.float()
+        if self.history_channels and latent.shape[0] == self.channels:  # the start: no history yet
+            latent = torch.cat([latent, latent.new_zeros(self.history_channels, *shape)])
+        if latent.shape[0] != self.channels + self.history_channels:
+            raise ValueError(
+                f"the state has {latent.shape[0]} channels; this sampler keeps {self.channels} latent channels "
+                f"+ {self.history_channels} of solver history"
+            )
+        canvas = LatentCanvas(latent, np.ascontiguousarray(labels, np.uint8), self.device)
         num_labels = int(labels.max()) + 1 if labels.size else 1
         self.stats.ideal_patches_per_step = ideal_patches(shape, self.patch)
         stride = max(1, -(-max(shape) // PREVIEW_SIDE))
@@ -365,7 +384,7 @@ class RandomPatchSampler:
                     check(cancel)
                 except BaseException:
                     if checkpoint is not None:
-                        checkpoint(SamplerState(canvas.latent(), k))
+                        checkpoint(SamplerState(self._state_latent(canvas, k), k))
                     raise
 
             def after_batch(done: int, total: int, k: int = k) -> None:
@@ -392,10 +411,15 @@ class RandomPatchSampler:
                 report(progress, ProgressEvent("sample", (k + 1) * 1000, steps * 1000, f"step {k + 1}/{steps}", image))
             now = time.monotonic()
             if checkpoint is not None and (k + 1 == steps or now - last_checkpoint >= checkpoint_every_s):
-                checkpoint(SamplerState(canvas.latent(), k + 1))
+                checkpoint(SamplerState(self._state_latent(canvas, k + 1), k + 1))
                 last_checkpoint = now
         self.stats.network_evals = self.denoiser.count.network
-        return SamplerState(canvas.latent(), end)
+        return SamplerState(self._state_latent(canvas, end), end)
+
+    def _state_latent(self, canvas: LatentCanvas, step: int) -> torch.Tensor:
+        """The canvas as a state to save: with the solver history while steps remain, else the latent alone."""
+        latent = canvas.latent()
+        return latent if step < self.steps else latent[: self.channels].clone()
 
     @staticmethod
     def _preview_write(

@@ -1,4 +1,5 @@
-"""Checkpoint widget: choose and load the image model, the mask model and the VAE.
+"""Checkpoint widget: choose and load the image model, the mask model and the VAE, or a
+diffusers pipeline (with an optional ControlNet and LoRA weights).
 
 Paths are remembered between sessions. Loading runs in a worker thread; what was loaded
 (architecture, classes with names and colours, parameter count, device, dtype) is shown
@@ -24,6 +25,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ..errors import CheckpointError
 from ._common import PathEdit, human_count, swatch_icon
 from ._settings import recall, remember
 from ._state import class_rgb, get_state
@@ -33,6 +35,7 @@ if TYPE_CHECKING:
     import napari
 
 MODEL_FILTER = "DiffInfinite models (*.pt *.pth *.ckpt config.json *.safetensors);;All files (*)"
+FAMILIES = ("DiffInfinite", "diffusers")
 PRECISIONS = ("float32", "float16", "bfloat16")
 #: the class table shows this many rows before it scrolls
 TABLE_ROWS = 10
@@ -87,6 +90,19 @@ def load_checkpoints(
     return result
 
 
+def load_pipeline(pipeline: str, controlnet: str | None, lora: str | None, device: str, dtype: str) -> dict[str, Any]:
+    """Load a diffusers pipeline (+ ControlNet, + LoRA) as the image model (runs in the worker thread).
+
+    The prompts are given in the Generate widget; the engine encodes them per slide."""
+    from .. import engine
+    from ..diffusers_backend.model import DiffusersOptions, load_diffusers
+
+    options = DiffusersOptions(pipeline=pipeline, controlnet=controlnet, lora=lora)
+    model, codec = load_diffusers(options, device=engine.resolve_device(device), dtype=engine.resolve_dtype(dtype))
+    return {"image_model": model, "image_codec": codec, "image_info": model.describe(), "mask_model": None,
+            "mask_codec": None, "mask_info": None, "device": device, "dtype": dtype}  # fmt: skip
+
+
 def _codec_spec(model: Any, vae: str | None) -> str | None:
     codec = getattr(getattr(model, "config", None), "codec", None)
     return None if codec == "identity" else vae
@@ -130,6 +146,21 @@ class CheckpointWidget(QWidget):
             "checkpoints/vae", mode="dir", caption="Stable Diffusion 2 VAE folder",
             placeholder="only for latent models (SD-2 VAE folder)",
         )  # fmt: skip
+        self.family = QComboBox()
+        self.family.addItems(FAMILIES)
+        self.family.setToolTip("DiffInfinite checkpoints, or a diffusers pipeline (text prompts, ControlNet, LoRA)")
+        self.pipeline_path = PathEdit(
+            "checkpoints/pipeline", mode="dir", caption="diffusers pipeline folder",
+            placeholder="folder with unet/, vae/, text_encoder/, tokenizer/, scheduler/",
+        )  # fmt: skip
+        self.controlnet_path = PathEdit(
+            "checkpoints/controlnet", mode="dir", caption="ControlNet folder",
+            placeholder="optional: a ControlNet conditioned on the layout",
+        )  # fmt: skip
+        self.lora_path = PathEdit(
+            "checkpoints/lora", caption="LoRA weights", file_filter="LoRA weights (*.safetensors);;All files (*)",
+            placeholder="optional: LoRA weights (.safetensors)",
+        )  # fmt: skip
 
         self.device = QComboBox()
         self.device.addItems(self._devices())
@@ -157,11 +188,23 @@ class CheckpointWidget(QWidget):
         self.class_table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
         self._fit_class_table()
 
+        self.diffinfinite_box = QWidget()
+        own = QFormLayout(self.diffinfinite_box)
+        own.setContentsMargins(0, 0, 0, 0)
+        own.addRow("Image model", self.image_path)
+        own.addRow("Mask model", self.mask_path)
+        own.addRow("", self.use_mask)
+        own.addRow("VAE folder", self.vae_path)
+        self.diffusers_box = QWidget()
+        theirs = QFormLayout(self.diffusers_box)
+        theirs.setContentsMargins(0, 0, 0, 0)
+        theirs.addRow("Pipeline", self.pipeline_path)
+        theirs.addRow("ControlNet", self.controlnet_path)
+        theirs.addRow("LoRA", self.lora_path)
         form = QFormLayout()
-        form.addRow("Image model", self.image_path)
-        form.addRow("Mask model", self.mask_path)
-        form.addRow("", self.use_mask)
-        form.addRow("VAE folder", self.vae_path)
+        form.addRow("Model family", self.family)
+        form.addRow(self.diffinfinite_box)
+        form.addRow(self.diffusers_box)
         form.addRow("Device", self.device)
         form.addRow("Precision", self.precision)
         loaded = QGroupBox("Loaded")
@@ -176,7 +219,15 @@ class CheckpointWidget(QWidget):
         layout.addStretch(1)
 
         self.state.models_changed.connect(self._show_loaded)
+        self.family.currentTextChanged.connect(self._show_family)
+        self.family.setCurrentText(recall("checkpoints/family", FAMILIES[0]) or FAMILIES[0])
+        self._show_family(self.family.currentText())
         self._show_loaded()
+
+    def _show_family(self, family: str) -> None:
+        remember("checkpoints/family", family)
+        self.diffinfinite_box.setVisible(family == "DiffInfinite")
+        self.diffusers_box.setVisible(family == "diffusers")
 
     @staticmethod
     def _devices() -> list[str]:
@@ -192,6 +243,8 @@ class CheckpointWidget(QWidget):
         """Load the chosen checkpoints in a worker thread; returns the worker."""
         if self.worker is not None:
             return self.worker
+        if self.family.currentText() == "diffusers":
+            return self._load_pipeline()
         self.load_button.setEnabled(False)
         self.load_button.setText("Loading…")
         self.worker = start_worker(
@@ -206,6 +259,20 @@ class CheckpointWidget(QWidget):
             on_error=lambda exc: notify_error(exc, "Loading checkpoints failed"),
             on_finished=self._on_finished,
         )
+        return self.worker
+
+    def _load_pipeline(self) -> Any:
+        if not self.pipeline_path.value():
+            notify_error(CheckpointError("choose the diffusers pipeline folder first"), "Cannot load")
+            return None
+        self.load_button.setEnabled(False)
+        self.load_button.setText("Loading…")
+        self.worker = start_worker(
+            load_pipeline, self.pipeline_path.value(), self.controlnet_path.value() or None,
+            self.lora_path.value() or None, self.device.currentText(), self.precision.currentText(),
+            on_result=self._on_loaded, on_error=lambda exc: notify_error(exc, "Loading the pipeline failed"),
+            on_finished=self._on_finished,
+        )  # fmt: skip
         return self.worker
 
     def _on_loaded(self, result: dict[str, Any]) -> None:

@@ -8,7 +8,9 @@ store's RGB pyramid and labels pyramid are added as lazy multiscale layers that 
 tiles land (see :mod:`._layers` for why no dask cache sits in between).
 
 Next to the button, an estimate of the job's duration (:mod:`._estimate`, from a quick
-calibration after the models load); a job over ten minutes asks for confirmation first. An
+calibration after the models load); a job over ten minutes asks for confirmation first.
+With a diffusers pipeline loaded, a prompt and a negative prompt are asked for (and a prompt
+per class when a ControlNet sees the layout); the engine encodes them for each slide. An
 output path that already exists asks whether to overwrite it or to use a fresh name.
 Questions go through :attr:`GenerateWidget.ask`, which tests replace.
 """
@@ -22,13 +24,17 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from napari.layers import Image
 from napari.utils.notifications import show_info, show_warning
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QDoubleSpinBox,
     QFormLayout,
     QLabel,
+    QLineEdit,
     QProgressBar,
     QPushButton,
     QSpinBox,
+    QTableWidget,
+    QTableWidgetItem,
     QVBoxLayout,
     QWidget,
 )
@@ -104,6 +110,23 @@ class GenerateWidget(QWidget):
         self.batch_size.setSpecialValueText("auto")
         self.batch_size.setToolTip("Patches per batch; auto fits the device memory")
 
+        self.prompt = QLineEdit()
+        self.prompt.setPlaceholderText("e.g. H&E, colorectal adenocarcinoma, moderately differentiated")
+        self.negative_prompt = QLineEdit()
+        self.negative_prompt.setPlaceholderText("optional, e.g. blurry, out of focus")
+        self.class_prompts = QTableWidget(0, 2)
+        self.class_prompts.setHorizontalHeaderLabels(["class", "prompt (empty: the slide's prompt)"])
+        self.class_prompts.verticalHeader().setVisible(False)
+        self.class_prompts.horizontalHeader().setStretchLastSection(True)
+        self.prompt_box = QWidget()
+        prompts = QFormLayout(self.prompt_box)
+        prompts.setContentsMargins(0, 0, 0, 0)
+        prompts.addRow("Prompt", self.prompt)
+        prompts.addRow("Negative prompt", self.negative_prompt)
+        prompts.addRow(self.class_prompts)
+        self.prompt_box.setVisible(False)
+        self._diffusers_defaults = False
+
         self.generate_button = QPushButton("Generate")
         self.generate_button.clicked.connect(lambda: self.generate())
         self.cancel_button = QPushButton("Cancel")
@@ -131,21 +154,64 @@ class GenerateWidget(QWidget):
         form.addRow("Seed", self.seed)
         form.addRow("Batch size", self.batch_size)
         layout = QVBoxLayout(self)
+        layout.addWidget(self.prompt_box)
         layout.addLayout(form)
         layout.addWidget(hbox(self.generate_button, self.cancel_button, self.resume_button))
         layout.addWidget(self.estimate)
         layout.addWidget(self.progress_bar)
         layout.addWidget(self.status)
         layout.addStretch(1)
+        self._show_prompts()
         self.calibrate()  # models loaded before this widget opened
 
     def _on_models_changed(self) -> None:
         """Default the number of steps to what the loaded model was trained to sample with,
         and time the model on its device for the estimate."""
-        steps = (self.state.image_info or {}).get("sampling_steps")
+        info = self.state.image_info or {}
+        steps = info.get("sampling_steps")
         if steps:
             self.steps.setValue(int(steps))
+        self._show_prompts()
         self.calibrate()
+
+    def _show_prompts(self) -> None:
+        """Prompt fields (and per-class prompts with a ControlNet) for a diffusers pipeline,
+        with diffusers' usual guidance and a deterministic scheduler."""
+        info = self.state.image_info or {}
+        diffusers = info.get("family") == "diffusers"
+        self.prompt_box.setVisible(diffusers)
+        self.class_prompts.setVisible(diffusers and bool(info.get("controlnet")))
+        if diffusers != self._diffusers_defaults:  # the family's usual guidance and eta
+            self.omega.setValue(6.5 if diffusers else 3.0)  # diffusers' guidance_scale 7.5; DiffInfinite's omega 3
+            self.eta.setValue(0.0 if diffusers else 1.0)
+            self._diffusers_defaults = diffusers
+        if diffusers:
+            names = self.state.class_names
+            self.class_prompts.setRowCount(len(names))
+            for row, name in enumerate(names):
+                item = QTableWidgetItem(f"{row}: {name}")
+                item.setFlags(item.flags() & ~Qt.ItemFlag.ItemIsEditable)
+                self.class_prompts.setItem(row, 0, item)
+                self.class_prompts.setItem(row, 1, QTableWidgetItem(""))
+        self.omega.setToolTip("guidance strength; a diffusers pipeline's guidance_scale is ω + 1")
+
+    def diffusers_options(self) -> Any:
+        """The prompts of the form for the loaded diffusers pipeline (None for a DiffInfinite model)."""
+        import dataclasses
+
+        model = self.state.image_model
+        if (self.state.image_info or {}).get("family") != "diffusers" or model is None:
+            return None
+        class_prompts: dict[int | str, str] = {}
+        if not self.class_prompts.isHidden():  # per-class prompts are offered with a ControlNet
+            for row in range(self.class_prompts.rowCount()):
+                item = self.class_prompts.item(row, 1)
+                if item is not None and item.text().strip():
+                    class_prompts[row] = item.text().strip()
+        return dataclasses.replace(
+            model.options, prompt=self.prompt.text().strip(), negative_prompt=self.negative_prompt.text().strip() or None,
+            class_prompts=class_prompts,
+        )  # fmt: skip
 
     # -- estimate ---------------------------------------------------------------------
     def calibrate(self) -> Any:
@@ -219,13 +285,14 @@ class GenerateWidget(QWidget):
         from ..engine import GenerateRequest, GenerateSettings, LayoutSource, LoadedModels
 
         models = LoadedModels(image=self.state.require_image_model(), codec=self.state.image_codec)
+        diffusers = self.diffusers_options()  # the prompts must be the store's on Resume
         if resume:  # size, layout, steps, ω, η and seed come from the store
             settings = self.settings()
             kept = GenerateSettings(batch_size=settings.batch_size, device=settings.device, dtype=settings.dtype)
-            return GenerateRequest(out=out, models=models, settings=kept, resume=True)
+            return GenerateRequest(out=out, models=models, settings=kept, resume=True, diffusers=diffusers)
         layout = LayoutSource(canvas=self.state.mask_source().canvas)
         return GenerateRequest(out=out, size=tuple(self.state.slide_shape), models=models, layout=layout,
-                               settings=self.settings(), overwrite=overwrite)  # fmt: skip
+                               settings=self.settings(), overwrite=overwrite, diffusers=diffusers)  # fmt: skip
 
     @staticmethod
     def _store_size(out: Path) -> tuple[int, int]:
