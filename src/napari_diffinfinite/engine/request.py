@@ -57,7 +57,8 @@ class GenerateRequest:
     ``overwrite`` replaces a store this tool wrote. ``keep_state`` keeps the sampler state in
     the finished store. ``allow_dtype_change``/``allow_device_change`` let a resumed run use
     another precision/device than the one recorded (the slide then differs from an
-    uninterrupted one).
+    uninterrupted one). ``cascade``: the models of a multi-magnification cascade, lowest
+    magnification first, instead of ``image_model`` (see :mod:`.cascade`).
     """
 
     out: str | Path
@@ -72,6 +73,7 @@ class GenerateRequest:
     keep_state: bool = False
     allow_dtype_change: bool = False
     allow_device_change: bool = False
+    cascade: list[ModelSpec] | None = None
 
     @property
     def path(self) -> Path:

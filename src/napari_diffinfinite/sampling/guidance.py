@@ -143,7 +143,14 @@ class GuidedDenoiser:
     pads every call to exactly ``max_batch`` evaluations (for CUDA graphs); ``channels_last``
     converts the network and its inputs to channels-last memory; ``compile`` runs the
     network through ``torch.compile``.
+
+    ``v_alphas`` (the schedule's cumulative alphas; None for noise-predicting networks)
+    marks a ``pred_v`` network: its output is turned into the noise,
+    ``eps = sqrt(a_t) v + sqrt(1 - a_t) x_t``, before guidance (linear, so guiding v or
+    eps is the same). ``condition`` (cascade stages) is passed to every pass of a patch.
     """
+
+    v_alphas: torch.Tensor | None = None
 
     def __init__(
         self,
@@ -210,16 +217,28 @@ class GuidedDenoiser:
                     torch.cuda.empty_cache()
                 self.max_batch = max(1, size // 2)
                 continue
-            outputs.append(out[:size].float())
+            out = out[:size].float()
+            if self.v_alphas is not None:  # v -> eps (see the class docstring)
+                a = self.v_alphas.to(out.device)[chunk[1][:size]].reshape(-1, 1, 1, 1)
+                out = a.sqrt() * out + (1 - a).sqrt() * chunk[0][:size].float()
+            outputs.append(out)
             start += size
         return torch.cat(outputs) if len(outputs) != 1 else outputs[0]
 
     @torch.no_grad()
-    def __call__(self, x: torch.Tensor, t: int, labels: torch.Tensor, plan: EvalPlan | None = None) -> torch.Tensor:
+    def __call__(
+        self,
+        x: torch.Tensor,
+        t: int,
+        labels: torch.Tensor,
+        plan: EvalPlan | None = None,
+        condition: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Guided noise prediction for patches ``x`` (B, C, p, p) with label masks (B, p, p).
 
         ``plan`` (from :meth:`plan`, for these patches) avoids a device-to-host copy of the
-        labels present; without it the presence is computed here.
+        labels present; without it the presence is computed here. ``condition`` (B, Cc, p, p):
+        a cascade stage's lower level under each patch.
         """
         if plan is None:
             num_labels = int(labels.max()) + 1 if labels.numel() else 1
@@ -228,9 +247,13 @@ class GuidedDenoiser:
         self.count.network += plan.rows
         # rows are gathered from x by index: on a strided view (the sampler's channel-major
         # batches seen as (B, C, p, p)) that takes a slow path, on contiguous memory a row copy
+        if condition is not None:
+            return self._guide(x.contiguous(), t, labels, plan, condition.contiguous())
         return self._guide(x.contiguous(), t, labels, plan)
 
-    def _guide(self, x: torch.Tensor, t: int, labels: torch.Tensor, plan: EvalPlan) -> torch.Tensor:
+    def _guide(
+        self, x: torch.Tensor, t: int, labels: torch.Tensor, plan: EvalPlan, condition: torch.Tensor | None = None
+    ) -> torch.Tensor:
         row_patch = plan.tensor("row_patch", x.device)
         row_label = plan.tensor("row_label", x.device)
         row_null = plan.tensor("row_null", x.device)
@@ -240,7 +263,8 @@ class GuidedDenoiser:
         label = row_label.to(labels.dtype)[:, None, None]
         masks = torch.where((row_labels == label) & ~row_null[:, None, None], label, 0)[:, None].float()
         times = torch.full((plan.rows,), t, dtype=torch.long, device=x.device)
-        out = self._forward(take_rows(x, row_patch), times, masks).contiguous()
+        extra = () if condition is None else (take_rows(condition, row_patch),)
+        out = self._forward(take_rows(x, row_patch), times, masks, *extra).contiguous()
 
         null = take_rows(out, null_row)  # (B, C, p, p): each patch's unconditional prediction
         cond = take_rows(out, cond_rows)

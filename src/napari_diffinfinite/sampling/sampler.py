@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from ..progress import CancelToken, ProgressCallback, ProgressEvent, check, report
-from .canvas import LatentCanvas
+from .canvas import ConditionCanvas, LatentCanvas
 from .grid import Patch, StepGrid, ideal_patches, step_grid
 from .guidance import EvalPlan, GuidedDenoiser, label_presence
 from .noise import INITIAL_STEP, grid_offset, normal_at, normal_field
@@ -87,8 +87,13 @@ def auto_batch_size(
     x = torch.zeros(probe, channels, patch, patch, device=device)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
+    cascade = getattr(getattr(unet, "config", None), "condition_channels", 0)  # a cascade stage's extra input
+    extra = (torch.zeros(probe, cascade, patch, patch, device=device),) if cascade else ()
     with torch.no_grad(), torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):
-        unet(x, torch.zeros(probe, dtype=torch.long, device=device), torch.ones(probe, 1, patch, patch, device=device))
+        unet(
+            x, torch.zeros(probe, dtype=torch.long, device=device), torch.ones(probe, 1, patch, patch, device=device),
+            *extra,
+        )  # fmt: skip
     per_eval = max(1, (torch.cuda.max_memory_allocated(device) - base) // probe)
     fit = int(min(512, share * free // per_eval))
     return max(1, fit // 8 * 8 if fit >= 8 else fit)
@@ -123,6 +128,7 @@ class RandomPatchSampler:
         static_shapes: bool | None = None,
         late_context: int | None = None,
         late_context_from: float = LATE_CONTEXT_FROM,
+        prediction: str = "pred_noise",
     ) -> None:
         self.unet = unet
         self.channels, self.patch, self.seed = channels, patch, seed
@@ -137,6 +143,10 @@ class RandomPatchSampler:
             unet, omega, batch_size, self.device, dtype,
             channels_last=channels_last, compile=compile, static_shapes=static_shapes,
         )  # fmt: skip
+        if prediction == "pred_v":
+            self.denoiser.v_alphas = self.schedule.alphas_cumprod.to(self.device)
+        elif prediction != "pred_noise":
+            raise ValueError(f"unknown prediction {prediction!r}; expected 'pred_noise' or 'pred_v'")
         self.late_context = max(0, round(patch * LATE_CONTEXT)) if late_context is None else late_context
         if not 0 <= 2 * self.late_context < patch:
             raise ValueError(f"late_context {self.late_context} leaves no cell inside a patch of {patch}")
@@ -202,6 +212,7 @@ class RandomPatchSampler:
         checkpoint_every_s: float = 60.0,
         preview: Callable[[torch.Tensor], np.ndarray] | None = None,
         stop_at: int | None = None,
+        condition: ConditionCanvas | None = None,
     ) -> SamplerState:
         """Advance ``state`` to the end of the schedule.
 
@@ -210,6 +221,8 @@ class RandomPatchSampler:
         cancelled, before :class:`Cancelled` is raised). ``preview`` maps a low-resolution x0
         prediction (C, h', w') to an RGB uint8 image sent with the progress events.
         ``stop_at`` ends the run early, at the start of that step (benchmarks).
+        ``condition``: a cascade stage's lower level, gathered under every window at the
+        window's positions and given to the network with it.
         """
         shape = tuple(state.latent.shape[-2:])
         if labels.shape != shape:
@@ -249,7 +262,8 @@ class RandomPatchSampler:
                 index = canvas.window_index(rows, cols)
                 xs = canvas.gather(index)  # (C, b, P, P)
                 ls = canvas.gather_labels(index)
-                eps = self.denoiser(xs.transpose(0, 1), ddim.t, ls, plan.span(p0, p1))
+                extra = () if condition is None else (condition.gather(rows, cols).transpose(0, 1),)
+                eps = self.denoiser(xs.transpose(0, 1), ddim.t, ls, plan.span(p0, p1), *extra)
                 eps = eps.transpose(0, 1).contiguous()  # channel-major like xs: the update runs on contiguous memory
                 x0 = ddim.predict_x0(xs, eps)
                 owned = ((rows >= oy0[:, None]) & (rows < oy1[:, None]))[:, :, None] & (
