@@ -158,3 +158,29 @@ def test_bad_cascades_are_refused(tmp_path: Path) -> None:
         run_generate(GenerateRequest(out=tmp_path / "x.zarr", size=(80, 80), image_model=stage, layout=layout,
                                      settings=SETTINGS))  # fmt: skip
     assert not (tmp_path / "x.zarr").exists()  # nothing left behind
+
+
+@pytest.mark.slow
+def test_cli_generate_cascade(tmp_path: Path, capsys) -> None:
+    from napari_diffinfinite.cli import main
+    from napari_diffinfinite.model.pretrained import save_pretrained
+
+    low = save_pretrained(low_model(), tmp_path / "low")
+    stage = save_pretrained(stage_model(), tmp_path / "stage")
+    (tmp_path / "cascade.json").write_text('{"models": ["low", "stage"]}')
+    common = ["--size", "67x75", "--label", "1", "--steps", "2", "--device", "cpu", "--batch-size", "64", "-q"]
+    assert main(["generate", "--out", str(tmp_path / "a.zarr"), "--cascade", str(low), str(stage), *common]) == 0
+    printed = capsys.readouterr().out
+    assert "cascade level 1 (1/2 magnification)" in printed and "cascade level 2 (1/1 magnification)" in printed
+    assert (
+        main(["generate", "--out", str(tmp_path / "b.zarr"), "--cascade", str(tmp_path / "cascade.json"), *common]) == 0
+    )
+    assert np.array_equal(level0(tmp_path / "a.zarr"), level0(tmp_path / "b.zarr"))
+    capsys.readouterr()
+    assert (
+        main(["generate", "--out", str(tmp_path / "c.zarr"), "--model", str(low), "--cascade", str(stage), *common])
+        == 1
+    )
+    assert "not both" in capsys.readouterr().err
+    assert main(["generate", "--out", str(tmp_path / "d.zarr"), "--model", str(stage), *common]) == 1
+    assert "is a cascade stage" in capsys.readouterr().err
