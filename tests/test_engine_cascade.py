@@ -184,3 +184,44 @@ def test_cli_generate_cascade(tmp_path: Path, capsys) -> None:
     assert "not both" in capsys.readouterr().err
     assert main(["generate", "--out", str(tmp_path / "d.zarr"), "--model", str(stage), *common]) == 1
     assert "is a cascade stage" in capsys.readouterr().err
+
+
+class PaintLabels(nn.Module):
+    """An analytic lowest level: x0 is white (glass) on label 1 and grey on label 2."""
+
+    def __init__(self, config: UNetConfig, timesteps: int) -> None:
+        super().__init__()
+        self.config = config
+        self.anchor = nn.Parameter(torch.zeros(1))
+        self.alphas = cosine_alphas_cumprod(timesteps).float()
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        a = self.alphas[t].reshape(-1, 1, 1, 1)
+        x0 = torch.where(mask == 1, 1.0, torch.where(mask == 2, -0.4, 0.0)).expand_as(x)
+        return (x - a.sqrt() * x0) / (1 - a).sqrt()
+
+
+def test_glass_skipping_copies_the_lower_level(tmp_path: Path) -> None:
+    """Windows wholly on glass of the lower level skip the network and come out as the level
+    below, upsampled: the same slide as sampling them with a stage that copies its condition."""
+    config = _config()
+    low = DiffusionModel(config, PaintLabels(config.unet, config.timesteps), "paint", "analytic low level")
+    canvas = np.full((40, 40), 2, np.uint8)
+    canvas[:, :24] = 1  # glass on the left 60 %
+    layout = LayoutSource(canvas=canvas)
+    settings = GenerateSettings(steps=3, seed=1, omega=0.0, device="cpu", batch_size=64, checkpoint_every_s=3600)
+    slides = []
+    for skip in (False, True):
+        request = GenerateRequest(out=tmp_path / f"{skip}.zarr", size=(160, 150), cascade=[low, copy_stage()],
+                                  layout=layout, settings=settings, skip_glass=skip)  # fmt: skip
+        store = run_generate(request)
+        slides.append(level0(store.path))
+        stats = store.provenance["cascade_stats"][1]
+        assert (stats["glass_patches_skipped"] > 0) == skip
+        assert store.provenance["skip_glass"] == skip
+    assert np.array_equal(slides[0], slides[1])
+    assert slides[1][:, :, :80].min() > 240 and slides[1][:, :, 100:].max() < 100  # glass and grey tissue
+    stage = new_model(_config({"parent_scale": 2, "condition": "latent"}, "pred_v"), seed=2)
+    with pytest.raises(SettingsError, match="leave out --skip-glass"):
+        run_generate(GenerateRequest(out=tmp_path / "x.zarr", size=(80, 80), cascade=[low, stage], layout=layout,
+                                     settings=settings, skip_glass=True))  # fmt: skip

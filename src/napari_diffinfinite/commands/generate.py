@@ -42,6 +42,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="a multi-magnification cascade instead of --model: the models lowest magnification first "
         "(each after the first a cascade stage), or one cascade file cascade.json; see docs/cascade.md",
     )
+    p.add_argument(
+        "--skip-glass",
+        action="store_true",
+        help="with --cascade: where the level below is glass, copy it instead of sampling (faster; pixel-space "
+        "stages conditioned on the image)",
+    )
     src = p.add_argument_group("layout (choose one; default: sampled by the mask model; on --resume: the store's)")
     src.add_argument(
         "--mask", type=Path, help="label image (PNG/TIFF), QuPath GeoJSON, or a real slide (its tissue layout)"
@@ -133,8 +139,11 @@ def request_from_args(args: argparse.Namespace) -> engine.GenerateRequest:
             raise SettingsError("give either --model (one model) or --cascade (several), not both")
         if len(cascade) == 1 and Path(cascade[0]).suffix.lower() == ".json":
             cascade = read_cascade_file(cascade[0])
+    if getattr(args, "skip_glass", False) and cascade is None:
+        raise SettingsError("--skip-glass applies to a cascade (--cascade)")
     return engine.GenerateRequest(
         cascade=cascade,
+        skip_glass=True if getattr(args, "skip_glass", False) else None,
         out=args.out, size=None if size is None else engine.parse_size(size), image_model=args.model, vae=args.vae,
         layout=layout, settings=settings, resume=args.resume, overwrite=args.overwrite, keep_state=args.keep_state,
         allow_dtype_change=args.allow_dtype_change, allow_device_change=args.allow_device_change,

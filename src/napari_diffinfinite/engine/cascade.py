@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from ..errors import CheckpointError, SettingsError, StoreError
+from ..model.cascade import condition_index
 from ..model.codec import Codec
 from ..model.pretrained import DiffusionModel
 from ..progress import CancelToken, ProgressCallback, ProgressEvent, report
@@ -42,6 +43,7 @@ from ..sampling.preview import preview_rgb
 from ..sampling.sampler import RandomPatchSampler, SamplerState
 from ..slide.masks import latent_labels, validate_labels
 from ..slide.store import SlideStore
+from ..slide.tissue import optical_density
 from .geometry import latent_shape
 from .job import _Job, _layout, _provenance, _resolved_settings, resume_slide
 from .models import LoadedModels, dtype_name, load_models, resolve_device, resolve_dtype
@@ -50,6 +52,9 @@ from .request import DEFAULT_OMEGA, DEFAULT_SEED, GenerateRequest, validate, val
 log = logging.getLogger(__name__)
 
 MAX_CASCADE_LEVELS = 4
+GLASS_OD = 0.04
+"""A lower-level pixel is glass when its mean optical density is below this (RGB about 233 and
+brighter); ``skip_glass`` copies the level below onto latent pixels that lie wholly on glass."""
 
 
 @dataclass
@@ -225,6 +230,19 @@ def _generate(request: GenerateRequest, point, progress, cancel) -> SlideStore:
         {"source": lv.model.source, "sha256": lv.model.sha256, "downscale": lv.downscale, "seed": lv.seed}
         for lv in levels
     ]
+    skip_glass = bool(request.skip_glass) if point is None else bool(point.provenance.get("skip_glass"))
+    if point is not None and request.skip_glass is not None and bool(request.skip_glass) != skip_glass:
+        raise StoreError(f"cannot resume {out} with skip_glass={request.skip_glass}: the store was started with "
+                         f"{skip_glass}; leave the option out on resume")  # fmt: skip
+    if skip_glass:
+        for level in levels[1:]:
+            c = level.model.config
+            if c.cascade["condition"] != "image" or c.codec != "identity":
+                raise SettingsError(
+                    f"glass skipping copies the level below into the latent, which needs a pixel-space stage "
+                    f"conditioned on the image; {level.model.source} is a {c.codec} stage conditioned on the "
+                    f"{c.cascade['condition']}: leave out --skip-glass"
+                )
     if point is not None:
         before = point.provenance.get("cascade") or []
         if [d.get("sha256") for d in before] != [d["sha256"] for d in described]:
@@ -235,10 +253,12 @@ def _generate(request: GenerateRequest, point, progress, cancel) -> SlideStore:
     validate_labels(mask.canvas, len(names), names)
 
     job = _CascadeJob(None, steps, settings.checkpoint_every_s, compile=settings.compile)
+    job.skip_glass = skip_glass
     if point is None:
         provenance = _provenance(top.model, top.codec, steps, omega, eta, seed, device, dtype, mask_info)
         provenance["sampler"] = "multi-magnification cascade of parallel random-patch DDIM"
         provenance["cascade"] = described
+        provenance["skip_glass"] = skip_glass
         store = SlideStore.create(
             out, size, class_names=names, class_colors=[tuple(c) for c in top.model.config.class_colors],
             pixel_size_um=top.model.config.pixel_size_um, provenance=provenance, overwrite=request.overwrite,
@@ -285,6 +305,7 @@ class _CascadeJob(_Job):
 
     level = 0
     parent: np.ndarray | None = None
+    skip_glass = False
 
     def save(self, latent: torch.Tensor | None, step: int, *, decoded_rows: int, labels_written: bool) -> None:
         meta = {"step": step, "steps": self.steps, "decoded_rows": decoded_rows, "labels_written": labels_written,
@@ -321,6 +342,7 @@ class _CascadeJob(_Job):
                 else sampler.initial_state(shape)
             )
             condition = None if k == 0 else _condition(levels[k - 1], level, self.parent, device)
+            known = _glass(levels[k - 1], level, self.parent) if k > 0 and self.skip_glass else None
 
             def checkpoint(s: SamplerState) -> None:
                 self.save(s.latent, s.step, decoded_rows=0, labels_written=True)
@@ -330,10 +352,11 @@ class _CascadeJob(_Job):
                 state = sampler.run(
                     state, labels, progress=tell, cancel=cancel, checkpoint=checkpoint,
                     checkpoint_every_s=self.every_s, preview=lambda x0, c=codec: preview_rgb(x0, c),
-                    condition=condition,
+                    condition=condition, known=known,
                 )  # fmt: skip
             stats.append({"level": k, "downscale": level.downscale, "patches_per_step": sampler.stats.mean_patches_per_step,
-                          "network_evals": sampler.stats.network_evals})  # fmt: skip
+                          "network_evals": sampler.stats.network_evals,
+                          "glass_patches_skipped": sampler.stats.skipped_patches})  # fmt: skip
             if k == len(levels) - 1:
                 first_row = start.decoded_rows if k == start.level else 0
                 self._decode(state, codec, size, device, first_row, tell, cancel)
@@ -378,6 +401,17 @@ def _condition(below: CascadeLevel, level: CascadeLevel, parent: np.ndarray, dev
         source = torch.from_numpy(np.ascontiguousarray(parent)).float().div_(255).mul_(2).sub_(1)
         return ConditionCanvas(source, scale=scale, sub=level.codec.scale_factor, device=device)
     return ConditionCanvas(torch.from_numpy(np.ascontiguousarray(parent)), scale=scale, sub=1, device=device)
+
+
+def _glass(below: CascadeLevel, level: CascadeLevel, parent: np.ndarray) -> np.ndarray:
+    """(h, w) bool: latent pixels of ``level`` whose every pixel lies on glass of the level below."""
+    glass = optical_density(np.moveaxis(parent, 0, -1)) < GLASS_OD
+    h, w = level.latent_shape
+    index = condition_index(
+        torch.arange(h)[None], torch.arange(w)[None], sub=level.codec.scale_factor,
+        scale=int(level.model.config.cascade["parent_scale"]), source_shape=glass.shape,
+    )  # fmt: skip
+    return glass.reshape(-1)[index.numpy()].all(axis=0)[0]
 
 
 def _level_progress(progress: ProgressCallback | None, k: int, n: int, downscale: int) -> ProgressCallback | None:

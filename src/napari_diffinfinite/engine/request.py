@@ -58,7 +58,9 @@ class GenerateRequest:
     the finished store. ``allow_dtype_change``/``allow_device_change`` let a resumed run use
     another precision/device than the one recorded (the slide then differs from an
     uninterrupted one). ``cascade``: the models of a multi-magnification cascade, lowest
-    magnification first, instead of ``image_model`` (see :mod:`.cascade`).
+    magnification first, instead of ``image_model`` (see :mod:`.cascade`); ``skip_glass``:
+    the cascade's higher levels copy the level below where it is glass instead of sampling
+    there (``None``: the store's choice on resume, else off).
     """
 
     out: str | Path
@@ -74,6 +76,7 @@ class GenerateRequest:
     allow_dtype_change: bool = False
     allow_device_change: bool = False
     cascade: list[ModelSpec] | None = None
+    skip_glass: bool | None = None
 
     @property
     def path(self) -> Path:

@@ -56,6 +56,7 @@ class SamplerStats:
     network_evals: int = 0
     seconds_per_step: list[float] = field(default_factory=list)
     ideal_patches_per_step: float = 0.0
+    skipped_patches: int = 0  # windows on known pixels (a cascade's glass), not given to the network
 
     @property
     def mean_patches_per_step(self) -> float:
@@ -213,6 +214,7 @@ class RandomPatchSampler:
         preview: Callable[[torch.Tensor], np.ndarray] | None = None,
         stop_at: int | None = None,
         condition: ConditionCanvas | None = None,
+        known: np.ndarray | None = None,
     ) -> SamplerState:
         """Advance ``state`` to the end of the schedule.
 
@@ -222,7 +224,11 @@ class RandomPatchSampler:
         prediction (C, h', w') to an RGB uint8 image sent with the progress events.
         ``stop_at`` ends the run early, at the start of that step (benchmarks).
         ``condition``: a cascade stage's lower level, gathered under every window at the
-        window's positions and given to the network with it.
+        window's positions and given to the network with it. ``known`` ((h, w) bool, with a
+        condition in the latent's own space): pixels whose clean value is the condition (a
+        cascade's glass); windows wholly on them are not given to the network: their noise is
+        the one that makes x0 the condition, so they follow the same DDIM path to it (same
+        keyed noise), and their neighbours see consistent context.
         """
         shape = tuple(state.latent.shape[-2:])
         if labels.shape != shape:
@@ -240,6 +246,11 @@ class RandomPatchSampler:
         steps = self.steps
         ar = torch.arange(self.patch, device=self.device)
 
+        known_sums = None
+        if known is not None:
+            if condition is None or condition.channels != self.channels or known.shape != shape:
+                raise ValueError("known pixels need a condition in the latent's own space, over the whole latent")
+            known_sums = np.pad(np.asarray(known, bool), ((1, 0), (1, 0))).cumsum(0).cumsum(1)
         end = steps if stop_at is None else min(stop_at, steps)
         for k in range(state.step, end):
             started = time.perf_counter()
@@ -247,9 +258,15 @@ class RandomPatchSampler:
             grid = self.grid(shape, k)
             geometry = np.stack([grid.window_y, grid.window_x, grid.own_y0, grid.own_y1, grid.own_x0, grid.own_x1])
             windows = torch.from_numpy(geometry).to(self.device)
-            plan = self._plan_step(canvas, windows, num_labels)
             noisy = not ddim.final and ddim.sigma
-            spans = self._batches(plan)
+            if known_sums is not None:  # windows wholly on known pixels: x0 is the condition, no network
+                known = self._known_windows(known_sums, grid)
+                self._copy_known(canvas, condition, windows[:, torch.from_numpy(known).to(self.device)], ddim, k, noisy)
+                windows = windows[:, torch.from_numpy(~known).to(self.device)]
+                self.stats.skipped_patches += int(known.sum())
+            n_patches = windows.shape[1]
+            plan = self._plan_step(canvas, windows, num_labels) if n_patches else None
+            spans = self._batches(plan) if n_patches else []
             for p0, p1 in spans:
                 try:
                     check(cancel)
@@ -277,13 +294,13 @@ class RandomPatchSampler:
                     progress,
                     ProgressEvent(
                         "sample",
-                        k * 1000 + (1000 * p1) // len(grid),
+                        k * 1000 + (1000 * p1) // n_patches,
                         steps * 1000,
-                        f"step {k + 1}/{steps}, patch {p1}/{len(grid)}",
+                        f"step {k + 1}/{steps}, patch {p1}/{n_patches}",
                     ),
                 )
             canvas.swap()
-            self.stats.patches_per_step.append(len(grid))
+            self.stats.patches_per_step.append(n_patches)
             self.stats.seconds_per_step.append(time.perf_counter() - started)
             if preview is not None:
                 ph, pw = -(-shape[0] // stride), -(-shape[1] // stride)
@@ -295,6 +312,30 @@ class RandomPatchSampler:
                 last_checkpoint = now
         self.stats.network_evals = self.denoiser.count.network
         return SamplerState(canvas.latent(), end)
+
+    def _known_windows(self, sums: np.ndarray, grid: StepGrid) -> np.ndarray:
+        """(N,) bool: the grid's windows whose pixels are all known (from the summed-area table)."""
+        y, x, p = grid.window_y, grid.window_x, self.patch
+        inside = sums[y + p, x + p] - sums[y, x + p] - sums[y + p, x] + sums[y, x]
+        return inside == p * p
+
+    def _copy_known(self, canvas: LatentCanvas, condition: ConditionCanvas, windows: torch.Tensor, ddim,
+                    k: int, noisy: bool) -> None:  # fmt: skip
+        """The DDIM update of windows whose x0 is their condition: eps = (x_t - sqrt(a) x0) / sqrt(1 - a)."""
+        ar = torch.arange(self.patch, device=self.device)
+        a = float(self.schedule.alphas_cumprod[ddim.t])
+        for start in range(0, windows.shape[1], self.batch_size):
+            wy, wx, oy0, oy1, ox0, ox1 = windows[:, start : start + self.batch_size]
+            rows, cols = wy[:, None] + ar, wx[:, None] + ar
+            index = canvas.window_index(rows, cols)
+            xs = canvas.gather(index)
+            x0 = condition.gather(rows, cols)
+            eps = (xs - math.sqrt(a) * x0) / math.sqrt(1 - a)
+            owned = ((rows >= oy0[:, None]) & (rows < oy1[:, None]))[:, :, None] & (
+                (cols >= ox0[:, None]) & (cols < ox1[:, None])
+            )[:, None, :]
+            noise = normal_at(self.seed, k, self.channels, rows, cols) if noisy else None
+            canvas.scatter(index, owned, ddim.update(ddim.predict_x0(xs, eps), eps, noise, inplace=True))
 
     @staticmethod
     def _preview_write(
