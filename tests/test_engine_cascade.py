@@ -4,6 +4,7 @@ odd slide sizes at every level, and clear refusals."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -73,8 +74,9 @@ def test_high_level_downsampled_is_the_low_level(tmp_path: Path) -> None:
     While the higher level samples, the store's level 1 already shows the lower level."""
     low = low_model()
     layout = LayoutSource(label=1)
+    fast = dataclasses.replace(SETTINGS, steps=2)
     single = run_generate(GenerateRequest(out=tmp_path / "low.zarr", size=(301, 266), image_model=low,
-                                          layout=layout, settings=SETTINGS))  # fmt: skip
+                                          layout=layout, settings=fast))  # fmt: skip
     expected = level0(single.path)
     out = tmp_path / "c.zarr"
     seen = {}
@@ -85,7 +87,7 @@ def test_high_level_downsampled_is_the_low_level(tmp_path: Path) -> None:
                 seen["coarse"] = np.asarray(store.image_level(1)[:])
 
     store = run_generate(GenerateRequest(out=out, size=(601, 531), cascade=[low, copy_stage()], layout=layout,
-                                         settings=SETTINGS), progress=progress)  # fmt: skip
+                                         settings=fast), progress=progress)  # fmt: skip
     slide = level0(store.path)
     assert slide.shape == (3, 601, 531)
     assert np.array_equal(downsample_image(slide, 2), expected)
