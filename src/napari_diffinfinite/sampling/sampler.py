@@ -260,10 +260,11 @@ class RandomPatchSampler:
             windows = torch.from_numpy(geometry).to(self.device)
             noisy = not ddim.final and ddim.sigma
             if known_sums is not None:  # windows wholly on known pixels: x0 is the condition, no network
-                known = self._known_windows(known_sums, grid)
-                self._copy_known(canvas, condition, windows[:, torch.from_numpy(known).to(self.device)], ddim, k, noisy)
-                windows = windows[:, torch.from_numpy(~known).to(self.device)]
-                self.stats.skipped_patches += int(known.sum())
+                skip = self._known_windows(known_sums, grid)
+                copied = windows[:, torch.from_numpy(skip).to(self.device)]
+                self._copy_known(canvas, condition, copied, ddim, k, noisy, x0_preview, stride, shape)
+                windows = windows[:, torch.from_numpy(~skip).to(self.device)]
+                self.stats.skipped_patches += int(skip.sum())
             n_patches = windows.shape[1]
             plan = self._plan_step(canvas, windows, num_labels) if n_patches else None
             spans = self._batches(plan) if n_patches else []
@@ -320,7 +321,8 @@ class RandomPatchSampler:
         return inside == p * p
 
     def _copy_known(self, canvas: LatentCanvas, condition: ConditionCanvas, windows: torch.Tensor, ddim,
-                    k: int, noisy: bool) -> None:  # fmt: skip
+                    k: int, noisy: bool, x0_preview: torch.Tensor | None, stride: int,
+                    shape: tuple[int, int]) -> None:  # fmt: skip
         """The DDIM update of windows whose x0 is their condition: eps = (x_t - sqrt(a) x0) / sqrt(1 - a)."""
         ar = torch.arange(self.patch, device=self.device)
         a = float(self.schedule.alphas_cumprod[ddim.t])
@@ -334,8 +336,11 @@ class RandomPatchSampler:
             owned = ((rows >= oy0[:, None]) & (rows < oy1[:, None]))[:, :, None] & (
                 (cols >= ox0[:, None]) & (cols < ox1[:, None])
             )[:, None, :]
+            x0 = ddim.predict_x0(xs, eps)
+            if x0_preview is not None:
+                self._preview_write(x0_preview, x0, rows, cols, owned, stride, shape)
             noise = normal_at(self.seed, k, self.channels, rows, cols) if noisy else None
-            canvas.scatter(index, owned, ddim.update(ddim.predict_x0(xs, eps), eps, noise, inplace=True))
+            canvas.scatter(index, owned, ddim.update(x0, eps, noise, inplace=True))
 
     @staticmethod
     def _preview_write(
