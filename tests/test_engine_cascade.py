@@ -159,6 +159,8 @@ def test_bad_cascades_are_refused(tmp_path: Path) -> None:
     with pytest.raises(SettingsError, match="is a cascade stage"):
         run_generate(GenerateRequest(out=tmp_path / "x.zarr", size=(80, 80), image_model=stage, layout=layout,
                                      settings=SETTINGS))  # fmt: skip
+    with pytest.raises(SettingsError, match="give the cascade a layout"):
+        run_generate(GenerateRequest(out=tmp_path / "x.zarr", size=(80, 80), cascade=[low, stage], settings=SETTINGS))
     assert not (tmp_path / "x.zarr").exists()  # nothing left behind
 
 

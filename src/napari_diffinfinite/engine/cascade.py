@@ -196,7 +196,12 @@ def run_cascade(
         raise SettingsError("a cascade names its models in 'cascade' (lowest magnification first); give no image model")
     validate(request)
     out = request.path
-    point = resume_slide(out) if request.resume and out.exists() else None
+    resuming = request.resume and out.exists()
+    if request.layout.samples and request.layout.mask_model is None and not resuming:
+        raise SettingsError(
+            "give the cascade a layout: --mask FILE, --label N, or --mask-model PATH ('default': the demo mask model)"
+        )
+    point = resume_slide(out) if resuming else None
     try:
         return _generate(request, point, progress, cancel)
     except BaseException:
