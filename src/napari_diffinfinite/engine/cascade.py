@@ -341,6 +341,11 @@ class _CascadeJob(_Job):
             )  # fmt: skip
             resumed = k == start.level and start.latent is not None
             shape = level.latent_shape
+            if resumed and tuple(start.latent.shape) != (codec.latent_channels, *shape):
+                raise StoreError(
+                    f"the saved latent of level {k + 1} is {tuple(start.latent.shape)}, not "
+                    f"{(codec.latent_channels, *shape)}: the state does not belong to these models; start again"
+                )
             state = (
                 SamplerState(torch.from_numpy(np.array(start.latent)), start.step)
                 if resumed
