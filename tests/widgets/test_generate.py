@@ -271,3 +271,45 @@ def test_too_small_a_slide_says_why(ready, notifications):
     assert canvas.create_canvas() is None
     canvas.set_slide_shape(128, 4096)
     assert canvas.size_problem() is None and canvas.create_button.isEnabled()
+
+
+@pytest.mark.slow
+def test_cascade_fills_the_live_view_level_by_level(ready, qtbot, viewer, tmp_path, image_model_dir):
+    """A cascade file in the Generate widget: the engine samples the lower level, which the slide
+    layer shows (store level 1) before the full-resolution level is decoded."""
+    from napari_diffinfinite.model.config import ModelConfig
+    from napari_diffinfinite.model.pretrained import load_model, new_model, save_pretrained
+
+    low = load_model(image_model_dir)
+    data = low.config.to_dict()
+    condition = 3 * low.config.scale_factor**2
+    data.update(cascade={"parent_scale": 2, "condition": "image"}, objective="pred_v")
+    data["unet"] = {**data["unet"], "condition_channels": condition}
+    save_pretrained(new_model(ModelConfig.from_dict(data), seed=1), tmp_path / "stage")
+    (tmp_path / "cascade.json").write_text(f'{{"models": ["{image_model_dir}", "stage"]}}')
+
+    generate, _ = ready
+    generate.cascade.set_value(str(tmp_path / "cascade.json"))
+    shown: list[str] = []
+    coarse: list[int] = []
+    original = generate._on_progress
+
+    def spy(event):
+        original(event)
+        if event.stage == "decode":
+            shown.append(event.message)
+        if event.stage == "sample" and event.message.startswith("level 2/2") and not coarse:
+            # the higher level is sampling: the slide layer already shows the lower one at level 1
+            layer = viewer.layers["slide"]
+            coarse.append(int(np.asarray(layer.data[1]).max()))
+
+    generate._on_progress = spy
+    assert generate.generate() is not None
+    _wait(qtbot, generate)
+    assert "Done" in generate.status.text(), generate.status.text()
+    assert shown[0].startswith("level 1/2") and shown[-1].startswith("level 2/2")
+    assert coarse and coarse[0] > 0
+    from napari_diffinfinite.slide.store import SlideStore
+
+    store = SlideStore.open(tmp_path / "slide.zarr")
+    assert [lv["downscale"] for lv in store.provenance["cascade"]] == [2, 1]

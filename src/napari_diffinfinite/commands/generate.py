@@ -35,6 +35,19 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("--model", help="image model: our model folder or an official model-N.pt (default: embedded demo)")
     p.add_argument("--vae", help="folder of the Stable Diffusion 2 VAE (latent models only)")
+    p.add_argument(
+        "--cascade",
+        nargs="+",
+        metavar="MODEL",
+        help="a multi-magnification cascade instead of --model: the models lowest magnification first "
+        "(each after the first a cascade stage), or one cascade file cascade.json; see docs/cascade.md",
+    )
+    p.add_argument(
+        "--skip-glass",
+        action="store_true",
+        help="with --cascade: where the level below is glass, copy it instead of sampling (faster; pixel-space "
+        "stages conditioned on the image)",
+    )
     src = p.add_argument_group("layout (choose one; default: sampled by the mask model; on --resume: the store's)")
     src.add_argument(
         "--mask", type=Path, help="label image (PNG/TIFF), QuPath GeoJSON, or a real slide (its tissue layout)"
@@ -180,7 +193,19 @@ def request_from_args(args: argparse.Namespace) -> engine.GenerateRequest:
         steps=args.steps, omega=args.omega, eta=args.eta, seed=args.seed, batch_size=args.batch_size,
         device=args.device, dtype=args.dtype, checkpoint_every_s=args.checkpoint_every, compile=args.compile,
     )  # fmt: skip
+    cascade = getattr(args, "cascade", None)
+    if cascade is not None:
+        from ..engine.cascade import read_cascade_file
+
+        if args.model is not None:
+            raise SettingsError("give either --model (one model) or --cascade (several), not both")
+        if len(cascade) == 1 and Path(cascade[0]).suffix.lower() == ".json":
+            cascade = read_cascade_file(cascade[0])
+    if getattr(args, "skip_glass", False) and cascade is None:
+        raise SettingsError("--skip-glass applies to a cascade (--cascade)")
     return engine.GenerateRequest(
+        cascade=cascade,
+        skip_glass=True if getattr(args, "skip_glass", False) else None,
         out=args.out, size=None if size is None else engine.parse_size(size), image_model=args.model, vae=args.vae,
         layout=layout, settings=settings, resume=args.resume, overwrite=args.overwrite, keep_state=args.keep_state,
         allow_dtype_change=args.allow_dtype_change, allow_device_change=args.allow_device_change,
@@ -206,6 +231,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.pipeline is not None and (args.nproc != 1 or launched_distributed()):
         raise SettingsError("a diffusers pipeline runs in one process for now; leave out --nproc")
+    if args.nproc != 1 and getattr(args, "cascade", None):
+        raise SettingsError("--cascade runs in one process; leave out --nproc")
     if args.nproc != 1 and not launched_distributed():
         from ._ranks import run_ranks
 
@@ -241,6 +268,11 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"sampler: {stats['patches_per_step']:.1f} patches/step (ideal {stats['ideal_patches_per_step']:.1f}), "
             f"{stats['network_evals']} network evaluations, batch {stats['batch_size']}, {stats['device']}"
+        )
+    for level in provenance.get("cascade_stats", []):
+        print(
+            f"cascade level {level['level'] + 1} (1/{level['downscale']} magnification): "
+            f"{level['patches_per_step']:.1f} patches/step, {level['network_evals']} network evaluations"
         )
     print(f"open it in napari:   napari {store.path}")
     print(f"or from Python:      napari.Viewer().open('{store.path}', plugin='napari-diffinfinite')")

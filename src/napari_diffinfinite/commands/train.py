@@ -121,6 +121,27 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="image models: train on random crops of this many pixels (smaller than --patch-size: cheaper "
         "steps; the convolutional network still samples whole patches)",
     )
+    m.add_argument(
+        "--cascade-from",
+        type=int,
+        choices=[2, 4, 8],
+        metavar="SCALE",
+        help="train a cascade stage (image models): the model samples at SCALE times the magnification of "
+        "the level below and is conditioned on it; training pairs come from each tile's SCALE-block mean "
+        "(see docs/cascade.md)",
+    )
+    m.add_argument(
+        "--cascade-condition",
+        choices=["image", "latent"],
+        default=None,
+        help="with --cascade-from: condition on the lower level's image (default) or latent",
+    )
+    m.add_argument(
+        "--objective",
+        choices=["pred_noise", "pred_v"],
+        default=None,
+        help="what the network predicts: the noise (default) or v (default for cascade stages)",
+    )
     t = p.add_argument_group("training (defaults: the official trainer's)")
     t.add_argument("--steps", type=int, help="optimisation steps in total (default 100000)")
     t.add_argument("--batch-size", type=int, help="global batch size (default 16)")
@@ -201,8 +222,21 @@ def _model(args: argparse.Namespace, saved_config: dict[str, Any] | None):
         if config.kind != args.kind:
             raise TrainingError(f"{args.out} holds a {config.kind} model run, not a {args.kind} model run")
         return new_model(config, seed=args.seed or 0, source="resumed")
+    if args.cascade_condition and not args.cascade_from:
+        raise TrainingError("--cascade-condition needs --cascade-from SCALE")
+    if args.cascade_from and args.kind != "image":
+        raise TrainingError("--cascade-from trains image models only (cascade stages are image models)")
+    cascade = None
+    if args.cascade_from:
+        cascade = {"parent_scale": args.cascade_from, "condition": args.cascade_condition or "image"}
+    objective = args.objective or ("pred_v" if cascade else None)
     if args.init:
         model = load_model(args.init, expect=args.kind)
+        if (cascade and model.config.cascade != cascade) or (args.objective and model.config.objective != objective):
+            raise TrainingError(
+                f"--init {args.init} is a model with cascade {model.config.cascade} and objective "
+                f"{model.config.objective}; train from it without --cascade-from/--objective, or start a new model"
+            )
         wanted = [n.casefold() for n in parse_class_names(args.classes)] if args.classes else None
         if wanted is not None and [n.casefold() for n in model.config.class_names] != wanted:
             raise TrainingError(
@@ -214,7 +248,7 @@ def _model(args: argparse.Namespace, saved_config: dict[str, Any] | None):
         args.kind, preset=args.preset, class_names=args.classes, unet=unet,
         condition_names=args.conditions.split(",") if args.conditions else None,
         patch_size=args.patch_size, pixel_unshuffle=args.pixel_unshuffle, sampling_steps=args.sampling_steps,
-        mask_downsample=args.mask_downsample if args.kind == "mask" else None,
+        mask_downsample=args.mask_downsample if args.kind == "mask" else None, cascade=cascade, objective=objective,
     )  # fmt: skip
     model = new_model(config, seed=args.seed or 0, source="new")
     if args.identity_init:

@@ -243,9 +243,16 @@ def run_generate(
     store can be resumed. Raises DiffInfiniteError subclasses with the fix for every
     user-caused problem, and :class:`~napari_diffinfinite.progress.Cancelled` when cancelled.
     """
+    if request.cascade is not None:  # a multi-magnification cascade: see engine/cascade.py
+        from .cascade import run_cascade
+
+        return run_cascade(request, progress=progress, cancel=cancel)
     validate(request)
     out = request.path
     point = resume_slide(out) if request.resume and out.exists() else None
+    if point is not None and point.provenance.get("cascade") and not point.complete:
+        point.store.close()
+        raise StoreError(f"{out} is a cascade slide; resume it with the same --cascade models")
     if request.resume and point is None:
         log.info("%s does not exist yet; starting a new slide", out)
     try:
@@ -269,6 +276,11 @@ def _generate(request: GenerateRequest, point: ResumePoint | None, progress: Pro
     models = _load(request, settings, sample_layout=point is None and request.layout.samples)
     _validate_for_model(request, models, size, existing_store=point is not None)
     config = models.image.config
+    if config.cascade is not None:
+        raise SettingsError(
+            f"{models.image.source} is a cascade stage: it refines a lower magnification; generate with "
+            "--cascade LOW_MODEL ... THIS_MODEL (see docs/cascade.md)"
+        )
     steps = settings.steps if settings.steps is not None else config.sampling_steps
     eta = config.eta if settings.eta is None else settings.eta
     omega = getattr(config, "default_omega", DEFAULT_OMEGA) if settings.omega is None else float(settings.omega)
@@ -344,7 +356,7 @@ class _Job:
         backend = (
             models.image.sampler_options(steps=self.steps, eta=eta, channels=codec.latent_channels)
             if isinstance(models.image, DiffusersModel)
-            else {}
+            else {"prediction": config.objective}
         )
         sampler = RandomPatchSampler(
             models.image.unet, channels=codec.latent_channels, patch=config.latent_patch, steps=self.steps,

@@ -210,4 +210,13 @@ def describe_model(model: DiffusionModel) -> dict[str, Any]:
         "sha256": model.sha256,
         "pixel_size_um": c.pixel_size_um,
         "sampling_steps": c.sampling_steps,
+        **({"objective": c.objective} if c.objective != "pred_noise" else {}),
+        **(
+            {
+                "cascade": f"stage at {c.cascade['parent_scale']}x the magnification below, conditioned on its "
+                f"{c.cascade['condition']}"
+            }
+            if c.cascade
+            else {}
+        ),  # fmt: skip
     }

@@ -61,6 +61,10 @@ class GenerateRequest:
     uninterrupted one). ``diffusers``: generate with a diffusers pipeline (text prompts,
     optional ControlNet and LoRA) instead of a DiffInfinite model; the guidance scale is
     omega + 1, and with no layout given every pixel has label 0 (the slide's prompt).
+    ``cascade``: the models of a multi-magnification cascade, lowest
+    magnification first, instead of ``image_model`` (see :mod:`.cascade`); ``skip_glass``:
+    the cascade's higher levels copy the level below where it is glass instead of sampling
+    there (``None``: the store's choice on resume, else off).
     """
 
     out: str | Path
@@ -76,6 +80,8 @@ class GenerateRequest:
     allow_dtype_change: bool = False
     allow_device_change: bool = False
     diffusers: DiffusersOptions | None = None
+    cascade: list[ModelSpec] | None = None
+    skip_glass: bool | None = None
 
     @property
     def path(self) -> Path:

@@ -54,6 +54,9 @@ MAX_DIM_HEAD = 512
 MAX_PATCH_SIZE = 8192
 MAX_TIMESTEPS = 100_000
 MAX_NAME_LENGTH = 200
+OBJECTIVES = ("pred_noise", "pred_v")
+CASCADE_SCALES = (2, 4, 8)  # powers of two: each level is a level of the slide store's pyramid
+CASCADE_CONDITIONS = ("image", "latent")
 
 
 def _is_int(value: Any) -> bool:
@@ -99,6 +102,7 @@ def _unet_problems(unet: UNetConfig) -> list[str]:
     problems += _int_problem("unet.block_per_layer", unet.block_per_layer, 1, MAX_BLOCKS_PER_LAYER)
     problems += _int_problem("unet.attention_heads", unet.attention_heads, 1, MAX_HEADS)
     problems += _int_problem("unet.attention_dim_head", unet.attention_dim_head, 1, MAX_DIM_HEAD)
+    problems += _int_problem("unet.condition_channels", unet.condition_channels, 0, MAX_CHANNELS)
     if not problems and unet.dim % unet.resnet_block_groups:
         problems.append(
             f"unet.dim {unet.dim} must be a multiple of unet.resnet_block_groups {unet.resnet_block_groups}"
@@ -149,8 +153,11 @@ def _model_problems(c: ModelConfig) -> list[str]:
         problems.append(f"description must be a string, not {_json_type(c.description)}")
     if not isinstance(c.extra, dict):
         problems.append(f"extra must be a JSON object, not {_json_type(c.extra)}")
-    if c.beta_schedule != "cosine" or c.objective != "pred_noise":
-        problems.append("only the cosine schedule with the pred_noise objective is supported")
+    if c.beta_schedule != "cosine" or c.objective not in OBJECTIVES:
+        problems.append("only the cosine schedule with the pred_noise or pred_v objective is supported")
+    if c.objective == "pred_v" and c.kind != "image":
+        problems.append("the pred_v objective is for image models; mask models predict the noise (pred_noise)")
+    problems += _cascade_problems(c)
     if problems or not isinstance(c.unet, UNetConfig) or _unet_problems(c.unet):
         return problems  # the checks below need sound numbers
 
@@ -182,6 +189,50 @@ def _model_problems(c: ModelConfig) -> list[str]:
     return problems
 
 
+def _cascade_problems(c: ModelConfig) -> list[str]:
+    """A cascade stage (``cascade: {parent_scale, condition}``) and its extra input channels."""
+    cascade = c.cascade
+    if cascade is None:
+        if isinstance(c.unet, UNetConfig) and c.unet.condition_channels not in (0, None):
+            return ["unet.condition_channels is only for cascade models (give 'cascade' or set it to 0)"]
+        return []
+    if not isinstance(cascade, dict):
+        return [f"cascade must be a JSON object {{parent_scale, condition}} or null, not {_json_type(cascade)}"]
+    problems = []
+    unknown = sorted(set(cascade) - {"parent_scale", "condition"})
+    if unknown:
+        problems.append(f"unknown keys in cascade: {', '.join(unknown)} (known: parent_scale, condition)")
+    scale = cascade.get("parent_scale")
+    if not _is_int(scale) or scale not in CASCADE_SCALES:
+        problems.append(f"cascade.parent_scale must be one of {', '.join(map(str, CASCADE_SCALES))}, got {scale!r:.40}")
+    condition = cascade.get("condition")
+    if condition not in CASCADE_CONDITIONS:
+        problems.append(f"cascade.condition must be 'image' or 'latent', not {condition!r:.40}")
+    if c.kind != "image":
+        problems.append("only image models can be cascade stages")
+    if problems or not isinstance(c.unet, UNetConfig) or not _is_int(c.pixel_unshuffle):
+        return problems
+    expected = cascade_condition_channels(c)
+    if c.unet.condition_channels != expected:
+        problems.append(
+            f"a cascade stage conditioned on the lower level's {condition} needs unet.condition_channels = "
+            f"{expected}, not {c.unet.condition_channels}"
+        )
+    return problems
+
+
+def cascade_condition_channels(c: ModelConfig) -> int:
+    """Extra input channels of a cascade stage: the lower level's latent (``condition: latent``,
+    the same codec: ``unet.channels``), or its RGB image folded like the codec folds pixels
+    (``condition: image``: 3 channels per pixel of the scale_factor x scale_factor block under
+    each latent pixel)."""
+    if c.cascade is None:
+        return 0
+    if c.cascade.get("condition") == "latent":
+        return c.unet.channels
+    return 3 * c.scale_factor**2
+
+
 def default_class_names(num_classes: int) -> list[str]:
     return ["unknown"] + [f"class {i}" for i in range(1, num_classes)]
 
@@ -202,6 +253,7 @@ class UNetConfig:
     block_per_layer: int = 2
     attention_heads: int = 4
     attention_dim_head: int = 32
+    condition_channels: int = 0  # cascade stages: the lower level's channels, concatenated to the input
 
     @property
     def downsampling(self) -> int:
@@ -230,6 +282,13 @@ class ModelConfig:
     small network cover f*f times more pixels per evaluation).
     ``patch_size``: side of a sampled patch in pixels (the network sees
     ``patch_size // scale_factor`` latent pixels).
+    ``objective``: what the network predicts, the noise (``pred_noise``, DiffInfinite's) or
+    the velocity ``v = sqrt(a) eps - sqrt(1 - a) x0`` (``pred_v``, stabler for cascade stages).
+    ``cascade``: ``None`` for a model that samples a slide alone, or
+    ``{"parent_scale": s, "condition": "image" | "latent"}`` for a stage of a
+    multi-magnification cascade: it samples at ``s`` times the magnification of the stage
+    below and sees that stage's image (or latent), upsampled, concatenated to its input
+    (``unet.condition_channels`` extra channels, see :func:`cascade_condition_channels`).
     """
 
     kind: str
@@ -252,6 +311,7 @@ class ModelConfig:
     description: str = ""
     format_version: int = FORMAT_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
+    cascade: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.class_colors, list) and all(_is_colour(c) for c in self.class_colors):
@@ -291,6 +351,10 @@ class ModelConfig:
         data = dataclasses.asdict(self)
         data["unet"]["dim_mults"] = list(self.unet.dim_mults)
         data["class_colors"] = [list(c) for c in self.class_colors]
+        if self.cascade is None:  # single-scale models keep the config.json they always had
+            del data["cascade"]
+            if not self.unet.condition_channels:
+                del data["unet"]["condition_channels"]
         return data
 
     @classmethod

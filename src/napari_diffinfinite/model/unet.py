@@ -35,7 +35,8 @@ class _UNetBase(nn.Module):
         self.config = config
         dim = config.dim
         self.channels = config.channels
-        self.init_conv = nn.Conv2d(config.channels, dim, 7, padding=3)
+        # a cascade stage's input is its latent with the lower level's condition concatenated
+        self.init_conv = nn.Conv2d(config.channels + config.condition_channels, dim, 7, padding=3)
 
         dims = [dim, *(dim * m for m in config.dim_mults)]
         in_out = list(zip(dims[:-1], dims[1:]))
@@ -118,9 +119,12 @@ class _UNetBase(nn.Module):
 class ImageUNet(_UNetBase):
     """Mask-conditioned noise predictor of DiffInfinite's image model.
 
-    ``forward(x, time, mask)``: ``mask`` is a (B, 1, h, w) label image at latent resolution
-    (or any integer multiple of it). Label 0 is "unknown": a zero mask gives the
-    unconditional prediction used by classifier-free guidance.
+    ``forward(x, time, mask, condition=None)``: ``mask`` is a (B, 1, h, w) label image at
+    latent resolution (or any integer multiple of it). Label 0 is "unknown": a zero mask gives
+    the unconditional prediction used by classifier-free guidance. ``condition`` (cascade
+    stages only, ``config.condition_channels`` channels at latent resolution) is the upsampled
+    lower magnification, concatenated to ``x`` (as Imagen's and URCDM's super-resolution
+    stages do); guidance never drops it.
     """
 
     def level_attention(self, dim: int) -> nn.Module:
@@ -128,8 +132,18 @@ class ImageUNet(_UNetBase):
 
     middle_attention = level_attention
 
-    def forward(self, x: torch.Tensor, time: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, time: torch.Tensor, mask: torch.Tensor, condition: torch.Tensor | None = None
+    ) -> torch.Tensor:
         classes = mask.reshape(mask.shape[0], -1).amax(dim=-1).long()
+        if (condition is None) != (self.config.condition_channels == 0):
+            raise ValueError(
+                "a cascade stage needs the lower level as its condition"
+                if condition is None
+                else "this network takes no lower-level condition (it is not a cascade stage)"
+            )
+        if condition is not None:
+            x = torch.cat((x, condition.to(x.dtype)), dim=1)
         return self._run(x, time, self.classes_emb(classes), mask)
 
     def set_attention_reduction(self, enabled: bool) -> None:

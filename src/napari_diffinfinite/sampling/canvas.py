@@ -17,6 +17,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..model.cascade import condition_index, gather_condition
+
 
 def _fits_on(device: torch.device, nbytes: int, share: float = 0.25) -> bool:
     if device.type != "cuda":
@@ -100,3 +102,27 @@ class LatentCanvas:
     def latent(self) -> torch.Tensor:
         """The current latent as a (C, H, W) float32 CPU tensor (a copy)."""
         return self.current[:, :-1].reshape(self.channels, *self.shape).to("cpu", copy=True)
+
+
+class ConditionCanvas:
+    """The lower magnification a cascade stage is conditioned on, read window by window.
+
+    ``source`` (C, Hs, Ws) is the level below (its image in [-1, 1] or its latent), kept at
+    its own resolution; :meth:`gather` returns the condition of windows at the positions of
+    the latent windows (see :mod:`napari_diffinfinite.model.cascade`: stage pixel ``y`` lies
+    on lower-level pixel ``y // scale``; ``sub`` stage pixels per latent pixel).
+    """
+
+    def __init__(self, source: torch.Tensor, *, scale: int, sub: int, device: torch.device) -> None:
+        channels, height, width = source.shape
+        self.source_shape = (height, width)
+        self.scale, self.sub, self.device = scale, sub, device
+        self.channels = channels * sub * sub
+        nbytes = source.numel() * 4
+        self.storage = device if _fits_on(device, nbytes) else torch.device("cpu")
+        self.source = source.float().reshape(channels, -1).to(self.storage)
+
+    def gather(self, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        """(C * sub^2, B, P, Q) condition of windows spanning rows (B, P) x cols (B, Q)."""
+        index = condition_index(rows, cols, sub=self.sub, scale=self.scale, source_shape=self.source_shape)
+        return gather_condition(self.source, index).to(self.device, non_blocking=True)

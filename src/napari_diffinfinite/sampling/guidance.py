@@ -153,7 +153,14 @@ class GuidedDenoiser:
     pads every call to exactly ``max_batch`` evaluations (for CUDA graphs); ``channels_last``
     converts the network and its inputs to channels-last memory; ``compile`` runs the
     network through ``torch.compile``.
+
+    ``v_alphas`` (the schedule's cumulative alphas; None for noise-predicting networks)
+    marks a ``pred_v`` network: its output is turned into the noise,
+    ``eps = sqrt(a_t) v + sqrt(1 - a_t) x_t``, before guidance (linear, so guiding v or
+    eps is the same). ``condition`` (cascade stages) is passed to every pass of a patch.
     """
+
+    v_alphas: torch.Tensor | None = None
 
     def __init__(
         self,
@@ -243,17 +250,29 @@ class GuidedDenoiser:
                     torch.cuda.empty_cache()
                 self.max_batch = max(1, size // 2)
                 continue
-            outputs.append(out[:size].float())
+            out = out[:size].float()
+            if self.v_alphas is not None:  # v -> eps (see the class docstring)
+                a = self.v_alphas.to(out.device)[chunk[1][:size]].reshape(-1, 1, 1, 1)
+                out = a.sqrt() * out + (1 - a).sqrt() * chunk[0][:size].float()
+            outputs.append(out)
             start += size
         return torch.cat(outputs) if len(outputs) != 1 else outputs[0]
 
     @torch.no_grad()
-    def __call__(self, x: torch.Tensor, t: int, labels: torch.Tensor, plan: EvalPlan | None = None) -> torch.Tensor:
+    def __call__(
+        self,
+        x: torch.Tensor,
+        t: int,
+        labels: torch.Tensor,
+        plan: EvalPlan | None = None,
+        condition: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Guided noise prediction for patches ``x`` (B, C, p, p) with label masks (B, p, p).
 
         ``plan`` (from :meth:`plan`, for these patches) avoids a device-to-host copy of the
         labels present; without it the presence is computed here. With a plan, ``labels`` may
-        leave out its first ``plan.uniform`` patches (in one class each, they need none).
+        leave out its first ``plan.uniform`` patches (in one class each, they need none). ``condition``
+        (B, Cc, p, p): a cascade stage's lower level under each patch.
         """
         if plan is None:
             num_labels = int(labels.max()) + 1 if labels.numel() else 1
@@ -262,9 +281,13 @@ class GuidedDenoiser:
         self.count.network += plan.rows
         # rows are gathered from x by index: on a strided view (the sampler's channel-major
         # batches seen as (B, C, p, p)) that takes a slow path, on contiguous memory a row copy
+        if condition is not None:
+            return self._guide(x.contiguous(), t, labels, plan, condition.contiguous())
         return self._guide(x.contiguous(), t, labels, plan)
 
-    def _guide(self, x: torch.Tensor, t: int, labels: torch.Tensor, plan: EvalPlan) -> torch.Tensor:
+    def _guide(
+        self, x: torch.Tensor, t: int, labels: torch.Tensor, plan: EvalPlan, condition: torch.Tensor | None = None
+    ) -> torch.Tensor:
         u = plan.uniform
         rest = plan.span(u, len(x)) if u else plan
         fast_rows = 2 * u
@@ -281,7 +304,8 @@ class GuidedDenoiser:
         if rest.rows:
             row_labels, masks[fast_rows:] = self._masks(labels, rest)
         times = torch.full((plan.rows,), t, dtype=torch.long, device=x.device)
-        out = self._forward(take_rows(x, row_patch), times, masks).contiguous()
+        extra = () if condition is None else (take_rows(condition, row_patch),)
+        out = self._forward(take_rows(x, row_patch), times, masks, *extra).contiguous()
         if not u:
             return self._compose(out, labels, row_labels, plan)
         result = torch.empty_like(x)

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from ..progress import CancelToken, ProgressCallback, ProgressEvent, check, report
-from .canvas import LatentCanvas
+from .canvas import ConditionCanvas, LatentCanvas
 from .grid import Patch, StepGrid, ideal_patches, step_grid
 from .guidance import EvalPlan, GuidedDenoiser, label_presence
 from .noise import INITIAL_STEP, StepNoise, grid_offset, normal_field
@@ -56,6 +56,7 @@ class SamplerStats:
     network_evals: int = 0
     seconds_per_step: list[float] = field(default_factory=list)
     ideal_patches_per_step: float = 0.0
+    skipped_patches: int = 0  # windows on known pixels (a cascade's glass), not given to the network
 
     @property
     def mean_patches_per_step(self) -> float:
@@ -87,8 +88,13 @@ def auto_batch_size(
     x = torch.zeros(probe, channels, patch, patch, device=device)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
+    cascade = getattr(getattr(unet, "config", None), "condition_channels", 0)  # a cascade stage's extra input
+    extra = (torch.zeros(probe, cascade, patch, patch, device=device),) if cascade else ()
     with torch.no_grad(), torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):
-        unet(x, torch.zeros(probe, dtype=torch.long, device=device), torch.ones(probe, 1, patch, patch, device=device))
+        unet(
+            x, torch.zeros(probe, dtype=torch.long, device=device), torch.ones(probe, 1, patch, patch, device=device),
+            *extra,
+        )  # fmt: skip
     per_eval = max(1, (torch.cuda.max_memory_allocated(device) - base) // probe)
     fit = int(min(512, share * free // per_eval))
     return max(1, fit // 8 * 8 if fit >= 8 else fit)
@@ -160,6 +166,7 @@ class RandomPatchSampler:
         late_context: int | None = None,
         late_context_from: float = LATE_CONTEXT_FROM,
         schedule=None,
+        prediction: str = "pred_noise",
     ) -> None:
         self.unet = unet
         self.channels, self.patch, self.seed = channels, patch, seed
@@ -175,6 +182,10 @@ class RandomPatchSampler:
             unet, omega, batch_size, self.device, dtype,
             channels_last=channels_last, compile=compile, static_shapes=static_shapes,
         )  # fmt: skip
+        if prediction == "pred_v":
+            self.denoiser.v_alphas = self.schedule.alphas_cumprod.to(self.device)
+        elif prediction != "pred_noise":
+            raise ValueError(f"unknown prediction {prediction!r}; expected 'pred_noise' or 'pred_v'")
         self.late_context = max(0, round(patch * LATE_CONTEXT)) if late_context is None else late_context
         if not 0 <= 2 * self.late_context < patch:
             raise ValueError(f"late_context {self.late_context} leaves no cell inside a patch of {patch}")
@@ -276,6 +287,7 @@ class RandomPatchSampler:
         before_batch: Callable[[], None] | None = None,
         after_batch: Callable[[int, int], None] | None = None,
         x0_hook: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], None] | None = None,
+        condition: ConditionCanvas | None = None,
     ) -> None:
         """Denoise step ``k`` of the patches ``geometry`` on ``canvas`` and swap its buffers.
 
@@ -284,10 +296,12 @@ class RandomPatchSampler:
         (the keyed noise is drawn at latent positions). ``before_batch`` runs before every
         batch (a cancel check), ``after_batch(done, total)`` after it (progress), ``x0_hook``
         sees the x0 prediction of every run of patches with its rows, columns and owned mask
-        (None: all of it is owned) (preview).
+        (None: all of it is owned) (preview). ``condition``: a cascade stage's lower level,
+        gathered under every window and given to the network with it.
         """
-        if geometry.shape[1] == 0:
-            return  # no patch: nothing is written, the canvas keeps its latent
+        if geometry.shape[1] == 0:  # every cell was written otherwise (a cascade's known windows)
+            canvas.swap()
+            return
         ddim = self.schedule[k]
         m = self.context(k)
         geometry, plan = self._plan_step(canvas, geometry, num_labels, m)
@@ -307,9 +321,10 @@ class RandomPatchSampler:
             xs = canvas.gather_windows(wy, wx, self.patch)  # (b, C, P, P)
             # the patches in one class (the first span.uniform) need no labels
             ls = canvas.gather_label_windows(wy[span.uniform :], wx[span.uniform :], self.patch)
-            # the network sees the latent channels; a multistep solver's history rides along
-            eps = self.denoiser(xs[:, : self.channels] if self.history_channels else xs, ddim.t, ls, span)
             rows, cols = wy[:, None] + ar, wx[:, None] + ar  # (b, P) canvas positions
+            extra = () if condition is None else (condition.gather(rows, cols).transpose(0, 1),)
+            # the network sees the latent channels; a multistep solver's history rides along
+            eps = self.denoiser(xs[:, : self.channels] if self.history_channels else xs, ddim.t, ls, span, *extra)
             for r0, r1, is_whole in _runs(whole[p0:p1]):
                 x, e, r, c = xs[r0:r1], eps[r0:r1], rows[r0:r1], cols[r0:r1]
                 owned = None  # a whole cell: every pixel computed below is written
@@ -341,6 +356,8 @@ class RandomPatchSampler:
         checkpoint_every_s: float = 60.0,
         preview: Callable[[torch.Tensor], np.ndarray] | None = None,
         stop_at: int | None = None,
+        condition: ConditionCanvas | None = None,
+        known: np.ndarray | None = None,
     ) -> SamplerState:
         """Advance ``state`` to the end of the schedule.
 
@@ -349,6 +366,12 @@ class RandomPatchSampler:
         cancelled, before :class:`Cancelled` is raised). ``preview`` maps a low-resolution x0
         prediction (C, h', w') to an RGB uint8 image sent with the progress events.
         ``stop_at`` ends the run early, at the start of that step (benchmarks).
+        ``condition``: a cascade stage's lower level, gathered under every window at the
+        window's positions and given to the network with it. ``known`` ((h, w) bool, with a
+        condition in the latent's own space): pixels whose clean value is the condition (a
+        cascade's glass); windows wholly on them are not given to the network: their noise is
+        the one that makes x0 the condition, so they follow the same DDIM path to it (same
+        keyed noise), and their neighbours see consistent context.
         """
         shape = tuple(state.latent.shape[-2:])
         if labels.shape != shape:
@@ -373,11 +396,21 @@ class RandomPatchSampler:
         last_checkpoint = time.monotonic()
         steps = self.steps
 
+        known_sums = None
+        if known is not None:
+            if condition is None or condition.channels != self.channels or known.shape != shape:
+                raise ValueError("known pixels need a condition in the latent's own space, over the whole latent")
+            known_sums = np.pad(np.asarray(known, bool), ((1, 0), (1, 0))).cumsum(0).cumsum(1)
         end = steps if stop_at is None else min(stop_at, steps)
         for k in range(state.step, end):
             started = time.perf_counter()
             grid = self.grid(shape, k)
             geometry = np.stack([grid.window_y, grid.window_x, grid.own_y0, grid.own_y1, grid.own_x0, grid.own_x1])
+            if known_sums is not None:  # windows wholly on known pixels: x0 is the condition, no network
+                skip = self._known_windows(known_sums, grid)
+                self._copy_known(canvas, condition, geometry[:, skip], self.schedule[k], k, x0_preview, stride, shape)
+                geometry = geometry[:, ~skip]
+                self.stats.skipped_patches += int(skip.sum())
 
             def before_batch(k: int = k) -> None:
                 try:
@@ -401,9 +434,10 @@ class RandomPatchSampler:
                     self._preview_write(x0_preview, x0, rows, cols, owned, stride, shape)
 
             self._step(
-                canvas, geometry, k, num_labels, before_batch=before_batch, after_batch=after_batch, x0_hook=x0_hook
-            )
-            self.stats.patches_per_step.append(len(grid))
+                canvas, geometry, k, num_labels, before_batch=before_batch, after_batch=after_batch, x0_hook=x0_hook,
+                condition=condition,
+            )  # fmt: skip
+            self.stats.patches_per_step.append(geometry.shape[1])
             self.stats.seconds_per_step.append(time.perf_counter() - started)
             if preview is not None:
                 ph, pw = -(-shape[0] // stride), -(-shape[1] // stride)
@@ -420,6 +454,38 @@ class RandomPatchSampler:
         """The canvas as a state to save: with the solver history while steps remain, else the latent alone."""
         latent = canvas.latent()
         return latent if step < self.steps else latent[: self.channels].clone()
+
+    def _known_windows(self, sums: np.ndarray, grid: StepGrid) -> np.ndarray:
+        """(N,) bool: the grid's windows whose pixels are all known (from the summed-area table)."""
+        y, x, p = grid.window_y, grid.window_x, self.patch
+        inside = sums[y + p, x + p] - sums[y, x + p] - sums[y + p, x] + sums[y, x]
+        return inside == p * p
+
+    def _copy_known(self, canvas: LatentCanvas, condition: ConditionCanvas, geometry: np.ndarray, ddim,
+                    k: int, x0_preview: torch.Tensor | None, stride: int,
+                    shape: tuple[int, int]) -> None:  # fmt: skip
+        """The DDIM update of windows whose x0 is their condition: eps = (x_t - sqrt(a) x0) / sqrt(1 - a)."""
+        ar = torch.arange(self.patch, device=self.device)
+        a = float(self.schedule.alphas_cumprod[ddim.t])
+        noise = None
+        if not ddim.final and ddim.sigma:
+            height, width = canvas.shape
+            noise = StepNoise(self.seed, k, self.channels, height, width, device=self.device)
+        windows = torch.from_numpy(geometry).to(self.device)
+        for start in range(0, windows.shape[1], self.batch_size):
+            wy, wx, oy0, oy1, ox0, ox1 = windows[:, start : start + self.batch_size]
+            rows, cols = wy[:, None] + ar, wx[:, None] + ar
+            xs = canvas.gather_windows(wy, wx, self.patch)  # (b, C, P, P)
+            x0 = condition.gather(rows, cols).transpose(0, 1)
+            eps = (xs - math.sqrt(a) * x0) / math.sqrt(1 - a)
+            owned = ((rows >= oy0[:, None]) & (rows < oy1[:, None]))[:, :, None] & (
+                (cols >= ox0[:, None]) & (cols < ox1[:, None])
+            )[:, None, :]
+            x0 = ddim.predict_x0(xs, eps)
+            if x0_preview is not None:
+                self._preview_write(x0_preview, x0, rows, cols, owned, stride, shape)
+            update = ddim.update(x0, eps, None if noise is None else noise.at(rows, cols), inplace=True)
+            canvas.scatter(canvas.window_index(rows, cols), owned, update)
 
     @staticmethod
     def _preview_write(

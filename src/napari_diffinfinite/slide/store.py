@@ -412,6 +412,27 @@ class SlideStore:
         with self._lock:
             write_tile_levels(self._images, y0, x0, rgb)
 
+    def write_level_tile(self, level: int, y0: int, x0: int, rgb: np.ndarray) -> None:
+        """Write a tile of pyramid level ``level`` (and its downsamples into the levels below it).
+
+        For images made at a lower magnification first (a cascade's lower levels): the viewer
+        shows them until level 0 is written, whose :meth:`write_tile` then replaces every level
+        with the downsample of level 0. ``y0``, ``x0`` are multiples of the tile size in the
+        level's own pixels; ``rgb`` is (3, th, tw) uint8, cut at the level's bottom/right edge.
+        """
+        self._require_writable()
+        self._check_level(level)
+        rgb = np.asarray(rgb)
+        t = self.tile
+        h, w = self.level_shapes[level]
+        if y0 % t or x0 % t or not (0 <= y0 < h and 0 <= x0 < w):
+            raise StoreError(f"tile origin ({y0}, {x0}) must be a multiple of {t} inside level {level} ({h} x {w} px)")
+        expected = (3, min(t, h - y0), min(t, w - x0))
+        if rgb.dtype != np.uint8 or rgb.shape != expected:
+            raise StoreError(f"the tile at ({y0}, {x0}) must be uint8 of shape {expected}, got {rgb.dtype} {rgb.shape}")
+        with self._lock:
+            write_tile_levels(self._images[level:], y0, x0, rgb)
+
     def write_labels(
         self,
         mask: MaskSource,

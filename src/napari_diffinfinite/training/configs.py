@@ -68,7 +68,8 @@ def make_model_config(
 
     ``unet``: overrides of the architecture (``dim``, ``dim_mults``, ...); ``fields``:
     overrides of other config fields (``patch_size``, ``pixel_unshuffle``,
-    ``pixel_size_um``, ``sampling_steps``, ``description``, ...). For a pixel-space model,
+    ``pixel_size_um``, ``sampling_steps``, ``description``, ``objective``, ``cascade``, ...).
+    A ``cascade`` stage gets the input channels its condition needs. For a pixel-space model,
     changing ``pixel_unshuffle`` also sets the channel count to ``3 * f * f``.
     """
     if kind not in ("image", "mask"):
@@ -85,6 +86,11 @@ def make_model_config(
             base[key] = value
     if base["codec"] == "identity":
         unet_data["channels"] = 3 * int(base.get("pixel_unshuffle", 1)) ** 2
+    cascade = base.get("cascade")
+    if isinstance(cascade, dict):  # a cascade stage: the lower level's channels join the input
+        factor = 8 if base["codec"] == "sd2-vae" else int(base.get("pixel_unshuffle", 1))
+        latent = cascade.get("condition") == "latent"
+        unet_data["condition_channels"] = unet_data["channels"] if latent else 3 * factor**2
     if class_names is not None:
         names = parse_class_names(class_names)
         base["class_names"] = names

@@ -39,7 +39,7 @@ def identity_skip_init(unet: torch.nn.Module) -> torch.nn.Module:
     eye = torch.eye(channels)
     centre = unet.init_conv.kernel_size[0] // 2
     unet.init_conv.weight[:channels].zero_()
-    unet.init_conv.weight[:channels, :, centre, centre] = eye
+    unet.init_conv.weight[:channels, :channels, centre, centre] = eye  # a cascade's condition channels: 0
     unet.init_conv.bias[:channels].zero_()
     final = unet.final_res_block
     if not isinstance(final.res_conv, torch.nn.Conv2d):

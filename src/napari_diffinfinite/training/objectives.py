@@ -25,6 +25,13 @@ is the largest. ``"per-label-loss"`` feeds the same map and takes the loss only 
 label's pixels (the whole tile for the unconditional branch): the sampler uses a label's
 prediction only there, so the network need not guess the rest of the tile, and the class
 embedding alone already says what those pixels look like (faster to learn on small budgets).
+
+Cascade stages (``config.cascade``, ``diffinfinite train --cascade-from S``) learn from
+(lower level, tile, labels) triples built from the tile itself: the lower level is the
+``S``-block mean of the tile (what the slide pyramid holds one level up), on a block grid
+at a random phase for image conditions (a patch meets the level below at any phase while
+sampling), given to the network exactly as the sampler gives it (:mod:`..model.cascade`).
+With ``objective: pred_v`` the network regresses ``v = sqrt(a) eps - sqrt(1 - a) x0``.
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import TrainingError
+from ..model.cascade import block_mean, condition_field
 from ..model.config import ModelConfig
 from ..sampling.schedule import Schedule
 
@@ -79,6 +87,38 @@ class ImageObjective:
         self.timesteps = config.timesteps
         self.schedule = Schedule(1, 1.0, config.timesteps)
         self.num_classes = config.unet.num_classes
+        self.cascade = config.cascade
+
+    def cascade_condition(
+        self,
+        images: torch.Tensor,
+        shape: tuple[int, int],
+        generator: torch.Generator,
+        device: torch.device,
+        offset: tuple[int, int] | None = None,
+    ) -> torch.Tensor:
+        """The lower-level condition (B, Cc, h, w) of tiles ``images`` (B, 3, H, W) in [0, 1].
+
+        ``image``: the tile's block mean at a random phase, in [-1, 1], folded onto the latent
+        grid; ``latent``: the codec's encoding of the tile's block mean (phase 0; the tile side
+        must be a multiple of ``parent_scale`` times the codec's scale factor), upsampled.
+        ``offset``: the block phase of an image condition (default: drawn from ``generator``).
+        """
+        scale, sub = int(self.cascade["parent_scale"]), self.config.scale_factor
+        images = images.to(device, non_blocking=True).float()
+        if self.cascade["condition"] == "image":
+            drawn = tuple(int(v) for v in torch.randint(0, scale, (2,), generator=generator))
+            offset = drawn if offset is None else offset
+            low = block_mean(images * 2 - 1, scale, offset)
+            return condition_field(low, shape, sub=sub, scale=scale, offset=offset)
+        if images.shape[-1] % (scale * sub) or images.shape[-2] % (scale * sub):
+            raise TrainingError(
+                f"a cascade stage conditioned on latents needs tiles whose sides are multiples of {scale * sub} px "
+                f"(parent_scale x the codec's scale factor), got {tuple(images.shape[-2:])}; change --crop-size"
+            )
+        with torch.no_grad():
+            low = self.codec.encode(block_mean(images, scale)).float()
+        return condition_field(low, shape, sub=1, scale=scale)
 
     def encode(self, batch: dict[str, torch.Tensor], device: torch.device) -> torch.Tensor:
         images = batch["image"].to(device, non_blocking=True)
@@ -135,15 +175,22 @@ class ImageObjective:
         b = x0.shape[0]
         t = torch.randint(0, self.timesteps, (b,), generator=generator)
         noise = torch.randn(x0.shape, generator=generator)
+        extra = ()
+        if self.cascade is not None:
+            extra = (self.cascade_condition(batch["image"], tuple(x0.shape[-2:]), generator, device),)
         t, noise, masks = t.to(device), noise.to(device), masks.to(device)
         x_t = self.schedule.q_sample(x0, t, noise)
+        target = noise
+        if self.config.objective == "pred_v":
+            a = self.schedule.alphas_cumprod.to(device)[t].reshape(-1, 1, 1, 1)
+            target = a.sqrt() * noise - (1 - a).sqrt() * x0
         with _autocast_or_null(autocast):
-            pred = net(x_t, t, masks[:, None].float())
+            pred = net(x_t, t, masks[:, None].float(), *extra)
         if self.mask_mode != "per-label-loss":
-            return F.mse_loss(pred.float(), noise), counts
+            return F.mse_loss(pred.float(), target), counts
         shown = masks[:, None] > 0
         weight = torch.where(shown.flatten(1).any(dim=1)[:, None, None, None], shown, True).float()
-        squared = (pred.float() - noise).square() * weight
+        squared = (pred.float() - target).square() * weight
         return squared.sum() / (weight.sum() * noise.shape[1]).clamp_min(1.0), counts
 
 

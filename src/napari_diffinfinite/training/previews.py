@@ -13,7 +13,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..model.cascade import block_mean
 from ..model.config import ModelConfig
+from ..sampling.canvas import ConditionCanvas
 from ..sampling.guidance import ClassGuidedDenoiser
 from ..sampling.mask_sampler import quantize_mask
 from ..sampling.sampler import RandomPatchSampler
@@ -46,8 +48,12 @@ def sample_image_tiles(
     steps: int | None = None,
     omega: float = 3.0,
     device: str | torch.device = "cpu",
+    images: list[torch.Tensor] | None = None,
 ) -> list[np.ndarray]:
-    """One (H, W, 3) uint8 sample per (h, w) latent-resolution label map in ``labels``."""
+    """One (H, W, 3) uint8 sample per (h, w) latent-resolution label map in ``labels``.
+
+    A cascade stage is conditioned on the lower level of the real tiles ``images``
+    ((3, H, W) in [0, 1]), so its row shows what it makes of a known lower level."""
     was_training = unet.training
     unet.eval()
     out = []
@@ -57,13 +63,26 @@ def sample_image_tiles(
             sampler = RandomPatchSampler(
                 unet, channels=codec.latent_channels, patch=patch, steps=steps or config.sampling_steps,
                 omega=omega, eta=config.eta, seed=seed + i, batch_size=8, device=device, timesteps=config.timesteps,
+                prediction=config.objective,
             )  # fmt: skip
             shape = tuple(tile_labels.shape)
-            state = sampler.run(sampler.initial_state(shape), np.ascontiguousarray(tile_labels, np.uint8))
+            condition = None if config.cascade is None else _lower_level(config, codec, images[i], device)
+            state = sampler.run(
+                sampler.initial_state(shape), np.ascontiguousarray(tile_labels, np.uint8), condition=condition
+            )
             out.append(_to_uint8(codec.decode(state.latent[None].to(device))[0]))
     finally:
         unet.train(was_training)
     return out
+
+
+def _lower_level(config: ModelConfig, codec, image: torch.Tensor, device) -> ConditionCanvas:
+    """The condition of a cascade stage from a real tile: its block mean, as the trainer builds it."""
+    scale = int(config.cascade["parent_scale"])
+    low = block_mean(image[None].float().to(device), scale)
+    if config.cascade["condition"] == "image":
+        return ConditionCanvas((low * 2 - 1)[0], scale=scale, sub=config.scale_factor, device=torch.device(device))
+    return ConditionCanvas(codec.encode(low).float()[0], scale=scale, sub=1, device=torch.device(device))
 
 
 @torch.no_grad()
@@ -102,7 +121,8 @@ def image_preview(
 ) -> np.ndarray:  # fmt: skip
     """Rows of [real tile | labels | sample] for dataset ``items`` (see the module docstring)."""
     labels = np.stack([item["labels"].numpy().astype(np.uint8) for item in items])
-    samples = sample_image_tiles(unet, config, codec, labels, seed=seed, steps=steps, omega=omega, device=device)
+    samples = sample_image_tiles(unet, config, codec, labels, seed=seed, steps=steps, omega=omega, device=device,
+                                 images=[item["image"] for item in items])  # fmt: skip
     rows = []
     for item, sample in zip(items, samples):
         real = _to_uint8(item["image"])

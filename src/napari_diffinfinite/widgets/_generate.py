@@ -92,6 +92,14 @@ class GenerateWidget(QWidget):
             "generate/output", mode="save", caption="Slide store (.zarr folder)",
             file_filter="Slide store (*.zarr)", placeholder="~/diffinfinite/slide.zarr",
         )  # fmt: skip
+        self.cascade = PathEdit(
+            "generate/cascade", mode="open", caption="Cascade file (cascade.json)",
+            file_filter="Cascade (*.json)", placeholder="none: the loaded image model alone",
+        )  # fmt: skip
+        self.cascade.setToolTip(
+            "A multi-magnification cascade (cascade.json: models lowest magnification first) samples the "
+            "slide coarse to fine; the live view fills level by level. Its classes must be the loaded model's."
+        )
         self.steps = QSpinBox()
         self.steps.setRange(1, 1000)
         self.steps.setValue(250)
@@ -148,6 +156,7 @@ class GenerateWidget(QWidget):
 
         form = QFormLayout()
         form.addRow("Output", self.output)
+        form.addRow("Cascade", self.cascade)
         form.addRow("Steps", self.steps)
         form.addRow("ω (guidance)", self.omega)
         form.addRow("η (eta)", self.eta)
@@ -286,13 +295,19 @@ class GenerateWidget(QWidget):
 
         models = LoadedModels(image=self.state.require_image_model(), codec=self.state.image_codec)
         diffusers = self.diffusers_options()  # the prompts must be the store's on Resume
+        extra = {"diffusers": diffusers}
+        cascade_file = self.cascade.path()
+        if cascade_file is not None:  # the engine loads and runs the cascade (engine/cascade.py)
+            from ..engine.cascade import read_cascade_file
+
+            models, extra = None, {"cascade": read_cascade_file(cascade_file)}
         if resume:  # size, layout, steps, ω, η and seed come from the store
             settings = self.settings()
             kept = GenerateSettings(batch_size=settings.batch_size, device=settings.device, dtype=settings.dtype)
-            return GenerateRequest(out=out, models=models, settings=kept, resume=True, diffusers=diffusers)
+            return GenerateRequest(out=out, models=models, settings=kept, resume=True, **extra)
         layout = LayoutSource(canvas=self.state.mask_source().canvas)
         return GenerateRequest(out=out, size=tuple(self.state.slide_shape), models=models, layout=layout,
-                               settings=self.settings(), overwrite=overwrite, diffusers=diffusers)  # fmt: skip
+                               settings=self.settings(), overwrite=overwrite, **extra)  # fmt: skip
 
     @staticmethod
     def _store_size(out: Path) -> tuple[int, int]:

@@ -1,0 +1,129 @@
+#!/usr/bin/env python
+"""Train a two-level demo cascade on the CMU slide: ``python scripts/train_demo_cascade.py``.
+
+Level 1 (low magnification) is the embedded demo image model itself (2 um/px, trained by
+``scripts/train_demo.py``). Level 2 is a cascade stage at twice its magnification (1 um/px):
+the demo architecture (pixel space, 4 x 4 unshuffle) with the lower level's image as 48 extra
+input channels, the v objective, trained with the same trainer as
+``diffinfinite train image --cascade-from 2`` on the same slide read at 1 um/px. Its training
+pairs are built from each tile's 2 x 2 block mean (``training/objectives.py``).
+
+What it writes into ``WORK`` (default ``build/demo-cascade``):
+
+* ``stage/model``: the cascade stage (EMA weights, our model format);
+* ``cascade.json``: ``{"models": [demo image model, stage/model]}``, for
+  ``diffinfinite generate --cascade WORK/cascade.json``;
+* ``report.json``: steps, losses, times and the machine;
+* with ``--generate``: a small cascade slide and a single-scale slide of the same size from the
+  same layout (``cascade.zarr``, ``single.zarr``), for a Patch-FID comparison with
+  ``diffinfinite evaluate`` (see docs/cascade.md).
+
+The weights are not shipped with the package (see docs/cascade.md for why and for the commands).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from napari_diffinfinite.demo import demo_image_config, demo_model_dir
+from napari_diffinfinite.model.config import ModelConfig
+from napari_diffinfinite.model.pretrained import new_model
+from napari_diffinfinite.training import demo_data
+from napari_diffinfinite.training.runner import build_dataset, build_sources, run_training
+from napari_diffinfinite.training.trainer import TrainSettings
+
+REPO = Path(__file__).resolve().parents[1]
+SCALE = 2  # the stage samples at twice the demo model's magnification
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--work", type=Path, default=REPO / "build" / "demo-cascade", help="run folder")
+    p.add_argument("--steps", type=int, default=8000, help="optimisation steps of the stage")
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--crop", type=int, default=64, help="train on crops of this many pixels")
+    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (50-step warm-up, cosine decay)")
+    p.add_argument("--max-minutes", type=float, default=60.0, help="wall-clock cap of the training run")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --work")
+    p.add_argument("--generate", type=int, default=0, metavar="SIDE",
+                   help="then generate a SIDE x SIDE cascade slide and a single-scale one (0: none)")  # fmt: skip
+    return p.parse_args(argv)
+
+
+def stage_config(pixel_size_um: float) -> ModelConfig:
+    """The demo image architecture as a cascade stage conditioned on the lower level's image."""
+    data = demo_image_config().to_dict()
+    data.update(
+        cascade={"parent_scale": SCALE, "condition": "image"}, objective="pred_v", pixel_size_um=round(pixel_size_um, 3),
+        description="napari-diffinfinite demo cascade stage: the demo image model's architecture at twice its "
+        "magnification, conditioned on the lower level's image (48 extra channels), v objective",
+    )  # fmt: skip
+    data["unet"]["condition_channels"] = 3 * data["pixel_unshuffle"] ** 2
+    return ModelConfig.from_dict(data)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    work = args.work
+    work.mkdir(parents=True, exist_ok=True)
+    slide = demo_data.demo_slide()
+    downsample = demo_data.DEMO_DOWNSAMPLE // SCALE  # the slide read at twice the demo magnification
+    rgb, pixel_size = demo_data.read_slide_rgb(slide, demo_data.DEMO_DOWNSAMPLE)
+    derived = demo_data.derive_labels(rgb, pixel_size)
+    geojson = demo_data.write_geojson(derived.labels, work / "cmu_small_region.geojson", demo_data.DEMO_DOWNSAMPLE)
+    config = stage_config(pixel_size / SCALE)
+    sources = build_sources(config, slides=[slide], annotations=[geojson], downsample=downsample)
+    dataset = build_dataset(config, sources, min_tissue=0.02, crop_size=args.crop)
+    settings = TrainSettings(
+        steps=args.steps, batch_size=args.batch, lr=args.lr, warmup_steps=50, lr_schedule="cosine",
+        mask_mode="per-label-loss", cond_drop_prob=0.15, checkpoint_every=250, num_samples=4, sample_steps=25,
+        ema_update_every=1, seed=0, max_minutes=args.max_minutes, log_every=20,
+    )  # fmt: skip
+    print(f"cascade stage: {dataset.summary()}")
+    started = time.perf_counter()
+    result = run_training(new_model(config, seed=0), dataset, settings, work / "stage", device=args.device,
+                          resume=args.resume, metadata={"data": {"slide": str(slide), "downsample": downsample}})  # fmt: skip
+    log = [json.loads(line) for line in (work / "stage" / "train-log.jsonl").read_text().splitlines()]
+    losses = [row["loss"] for row in log if "loss" in row]
+    cascade_file = work / "cascade.json"
+    cascade_file.write_text(json.dumps({"models": [str(demo_model_dir("image")), "stage/model"]}, indent=2) + "\n")
+    report = {
+        "steps": result.step, "stopped": result.stopped, "seconds": round(time.perf_counter() - started, 1),
+        "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
+        "tiles": len(dataset), "crop_px": args.crop, "batch": args.batch, "pixel_size_um": config.pixel_size_um,
+        "machine": f"{platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads",
+        "cascade_file": str(cascade_file),
+    }  # fmt: skip
+    if args.generate:
+        report["generate"] = generate_pair(work, cascade_file, args.generate)
+    (work / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def generate_pair(work: Path, cascade_file: Path, side: int) -> dict:
+    """A cascade slide and a single-scale slide (the demo image model) from one layout label map."""
+    timings = {}
+    common = ["--size", f"{side}x{side}", "--label", "2", "--seed", "0", "-q", "--overwrite"]
+    cli = [sys.executable, "-m", "napari_diffinfinite"]
+    for name, models in (("cascade", ["--cascade", str(cascade_file)]), ("single", [])):
+        started = time.perf_counter()
+        subprocess.run([*cli, "generate", "--out", str(work / f"{name}.zarr"), *models, *common], check=True)
+        timings[name] = round(time.perf_counter() - started, 1)
+    return {"side": side, "seconds": timings}
+
+
+if __name__ == "__main__":
+    sys.exit(main())
