@@ -205,6 +205,7 @@ class PaintLabels(nn.Module):
         return (x - a.sqrt() * x0) / (1 - a).sqrt()
 
 
+@pytest.mark.slow
 def test_glass_skipping_copies_the_lower_level(tmp_path: Path) -> None:
     """Windows wholly on glass of the lower level skip the network and come out as the level
     below, upsampled: the same slide as sampling them with a stage that copies its condition."""
