@@ -276,7 +276,7 @@ def _generate(request: GenerateRequest, point: ResumePoint | None, progress: Pro
     models = _load(request, settings, sample_layout=point is None and request.layout.samples)
     _validate_for_model(request, models, size, existing_store=point is not None)
     config = models.image.config
-    if config.cascade is not None:
+    if getattr(config, "cascade", None) is not None:  # a diffusers pipeline has no cascade
         raise SettingsError(
             f"{models.image.source} is a cascade stage: it refines a lower magnification; generate with "
             "--cascade LOW_MODEL ... THIS_MODEL (see docs/cascade.md)"
