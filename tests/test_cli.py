@@ -358,3 +358,18 @@ def test_compile_flag_becomes_a_setting(tmp_path):
     generate.add_parser(parser.add_subparsers())
     args = parser.parse_args(["generate", "--out", str(tmp_path / "s.zarr"), "--label", "1", "--compile"])
     assert generate.request_from_args(args).settings.compile is True
+
+
+def test_progress_bars_time_each_stage(monkeypatch):
+    from napari_diffinfinite.commands import _progress
+    from napari_diffinfinite.progress import ProgressEvent
+
+    now = iter([0.0, 2.0, 7.5])
+    monkeypatch.setattr(_progress.time, "perf_counter", lambda: next(now))
+    bar = _progress.TqdmProgress(disable=True)
+    bar(ProgressEvent("mask", 0, 1000))  # 0.0: layout starts
+    bar(ProgressEvent("mask", 1000, 1000))
+    bar(ProgressEvent("sample", 10, 1000))  # 2.0: sampling starts
+    bar.close()  # 7.5
+    assert bar.seconds == {"mask": 2.0, "sample": 5.5}
+    assert bar.timing() == "mask 2.0 s, sample 5.5 s"

@@ -174,6 +174,7 @@ def run(args: argparse.Namespace) -> int:
             f"sampler: {stats['patches_per_step']:.1f} patches/step (ideal {stats['ideal_patches_per_step']:.1f}), "
             f"{stats['network_evals']} network evaluations, batch {stats['batch_size']}, {stats['device']}"
         )
+    print(f"time by stage: {bar.timing()}")
     if isinstance(progress, AdaptiveThreads):
         print(f"torch threads (chosen while running): {progress.summary()}")
     print(f"open it in napari:   napari {store.path}")
