@@ -24,7 +24,7 @@ DEMO_DIR = Path(__file__).parent / "data" / "demo"
 DEMO_CLASS_NAMES = ["unknown", "background", "dermis", "epidermis"]
 DEMO_CLASS_COLORS = [(0, 0, 0), (200, 200, 200), (230, 110, 170), (120, 40, 140)]
 DEMO_PIXEL_SIZE_UM = 2.0
-DEMO_IMAGE_STEPS = 12
+DEMO_IMAGE_STEPS = 8
 DEMO_MASK_STEPS = 25
 
 
