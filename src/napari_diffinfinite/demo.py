@@ -25,7 +25,7 @@ DEMO_CLASS_NAMES = ["unknown", "background", "dermis", "epidermis"]
 DEMO_CLASS_COLORS = [(0, 0, 0), (200, 200, 200), (230, 110, 170), (120, 40, 140)]
 DEMO_PIXEL_SIZE_UM = 2.0
 DEMO_IMAGE_STEPS = 8
-DEMO_MASK_STEPS = 25
+DEMO_MASK_STEPS = 12
 
 
 def demo_image_config() -> ModelConfig:
