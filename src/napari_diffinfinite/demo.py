@@ -7,8 +7,8 @@ Image model: 128 px patches at 2 um/px (so a patch spans 256 um and sees glass/t
 edges, and a 2048 px slide spans 4 mm), folded by 4x4 pixel unshuffle into 32 x 32 x 48
 "latents"; the UNet is 48 wide so that its first layer does not compress the 48 input
 channels (a narrower network cannot even return its input, and noise prediction needs
-that). ``DEMO_IMAGE_STEPS`` DDIM steps by default keep a 2048 x 2048 slide within the
-README's 3 minutes on a 2-core CPU.
+that). ``DEMO_IMAGE_STEPS`` DDIM steps by default aim to keep a 2048 x 2048 slide within the
+README's 3 minutes on an idle 2-core CPU (estimated; see docs/model-card.md).
 Mask model: 64 px layouts at 1/4 of the slide resolution (8 um/px), 2x2 unshuffle.
 When the trained weights are absent (a source checkout before training), the engine
 falls back to randomly initialised models of the same configuration and says so.
