@@ -16,7 +16,7 @@ per-class IoU and Dice, mean IoU. Also: the mean luminance of the pixels painted
 (8 px away from other classes) against the real slide's glass, and the seam score at the
 patch size (:mod:`napari_diffinfinite.evaluation.seams`).
 
-Mask model (``--mask-model``): layouts for a 2048 x 2048 slide under condition 1
+Mask model (``--mask-model``): layouts for a 2048 x 2048 slide (``--layout-size``) under condition 1
 ("tissue", the CLI default) and 0 ("any"), after the sampler's clean-up: the fraction that is
 "unknown" and the class fractions, against the windows of the training layout the mask model
 learnt from.
@@ -78,6 +78,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="combine the results of runs in these folders (e.g. layouts run in parallel) into --work",
     )
     p.add_argument("--mask-steps", type=int, help="DDIM steps of the mask model (default: the model's)")
+    p.add_argument("--layout-size", type=int, default=2048, help="side of the slide the mask model lays out (px)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--skip-image", action="store_true", help="evaluate the mask model only")
@@ -205,12 +206,14 @@ def evaluate_mask_model(args: argparse.Namespace) -> tuple[dict, dict]:
         0: fractions(training_windows(small, model.config.patch_size, 8, 0.1)),
         1: fractions(training_windows(small, model.config.patch_size, 8, 0.5)),
     }
-    results: dict = {"model": model.source, "size": "2048x2048", "conditions": {}}
+    side = args.layout_size
+    results: dict = {"model": model.source, "size": f"{side}x{side}", "steps": args.mask_steps or model.config.sampling_steps,
+                     "conditions": {}}  # fmt: skip
     pictures = {}
     for condition in (1, 0):
         started = time.perf_counter()
         canvas = engine.sample_layout(
-            model, codec, (2048, 2048), condition=condition, seed=args.seed, steps=args.mask_steps
+            model, codec, (side, side), condition=condition, seed=args.seed, steps=args.mask_steps
         )
         seconds = time.perf_counter() - started
         sampled = fractions(np.bincount(canvas.ravel(), minlength=len(DEMO_CLASS_NAMES)))

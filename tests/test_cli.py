@@ -369,3 +369,18 @@ def test_bench_overhead_json_reports_ms_per_patch_per_size(capsys):
     assert sizes[1024]["patches_per_step"] in (4, 6, 9) and sizes[1024]["batch_size"] == 64
     for entry in sizes.values():
         assert entry["ms_per_patch"] > 0 and entry["cpu_ms_per_patch"] > 0 and entry["setup_ms"] >= 0
+
+
+def test_progress_bars_time_each_stage(monkeypatch):
+    from napari_diffinfinite.commands import _progress
+    from napari_diffinfinite.progress import ProgressEvent
+
+    now = iter([0.0, 2.0, 7.5])
+    monkeypatch.setattr(_progress.time, "perf_counter", lambda: next(now))
+    bar = _progress.TqdmProgress(disable=True)
+    bar(ProgressEvent("mask", 0, 1000))  # 0.0: layout starts
+    bar(ProgressEvent("mask", 1000, 1000))
+    bar(ProgressEvent("sample", 10, 1000))  # 2.0: sampling starts
+    bar.close()  # 7.5
+    assert bar.seconds == {"mask": 2.0, "sample": 5.5}
+    assert bar.timing() == "mask 2.0 s, sample 5.5 s"

@@ -7,8 +7,8 @@ Image model: 128 px patches at 2 um/px (so a patch spans 256 um and sees glass/t
 edges, and a 2048 px slide spans 4 mm), folded by 4x4 pixel unshuffle into 32 x 32 x 48
 "latents"; the UNet is 48 wide so that its first layer does not compress the 48 input
 channels (a narrower network cannot even return its input, and noise prediction needs
-that). ``DEMO_IMAGE_STEPS`` DDIM steps by default keep a 2048 x 2048 slide within the
-README's 3 minutes on a 2-core CPU.
+that). ``DEMO_IMAGE_STEPS`` DDIM steps by default aim to keep a 2048 x 2048 slide within the
+README's 3 minutes on an idle 2-core CPU (estimated; see docs/model-card.md).
 Mask model: 64 px layouts at 1/4 of the slide resolution (8 um/px), 2x2 unshuffle.
 When the trained weights are absent (a source checkout before training), the engine
 falls back to randomly initialised models of the same configuration and says so.
@@ -24,8 +24,8 @@ DEMO_DIR = Path(__file__).parent / "data" / "demo"
 DEMO_CLASS_NAMES = ["unknown", "background", "dermis", "epidermis"]
 DEMO_CLASS_COLORS = [(0, 0, 0), (200, 200, 200), (230, 110, 170), (120, 40, 140)]
 DEMO_PIXEL_SIZE_UM = 2.0
-DEMO_IMAGE_STEPS = 12
-DEMO_MASK_STEPS = 25
+DEMO_IMAGE_STEPS = 8
+DEMO_MASK_STEPS = 12
 
 
 def demo_image_config() -> ModelConfig:

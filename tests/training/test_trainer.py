@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -88,6 +89,15 @@ def test_resume_continues_at_the_same_step_with_the_same_state(tiles: Path, imag
         assert torch.allclose(a, b, atol=1e-6)
     with pytest.raises(TrainingError, match="different settings.*batch_size"):
         _trainer(image_config, tiles, tmp_path / "split", resume=True, steps=6, batch_size=2)
+
+
+def test_resume_allows_new_sampling_defaults_but_not_a_new_network(tiles: Path, image_config, tmp_path: Path) -> None:
+    _trainer(image_config, tiles, tmp_path / "run", steps=2, checkpoint_every=100).train()
+    fewer_steps = replace(image_config, sampling_steps=image_config.sampling_steps // 2, description="changed")
+    assert _trainer(fewer_steps, tiles, tmp_path / "run", resume=True, steps=3).step == 2
+    other = replace(image_config, timesteps=image_config.timesteps // 2)
+    with pytest.raises(TrainingError, match="configuration differs.*timesteps"):
+        _trainer(other, tiles, tmp_path / "run", resume=True, steps=3)
 
 
 def test_sparse_tiles_train_both_branches(tiles: Path, image_config, tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .. import engine
 from ..errors import SettingsError
-from ..threads import configure_torch_threads
+from ..threads import AdaptiveThreads, adaptive_progress
 from ._progress import TqdmProgress
 from ._signals import cancel_on_signals
 
@@ -241,15 +241,16 @@ def run(args: argparse.Namespace) -> int:
     if request.resume and _already_complete(request.path):
         print(f"{request.path} is already complete; nothing to do (describe it: diffinfinite info {request.path})")
         return 0
-    configure_torch_threads()  # few threads on a busy machine: see napari_diffinfinite/threads.py
-    progress = TqdmProgress(disable=args.quiet or rank() != 0)
+    bar = TqdmProgress(disable=args.quiet or rank() != 0)
+    # threads by the cores free now, then the fastest count as the load changes: see threads.py
+    progress = adaptive_progress(bar)
     started = time.perf_counter()
     try:
         with cancel_on_signals() as token:
             generate = run_generate_distributed if launched_distributed() else engine.run_generate
             store = generate(request, progress=progress, cancel=token)
     finally:
-        progress.close()
+        bar.close()
     if rank() != 0:
         return 0  # rank 0 reports for the group
     elapsed = time.perf_counter() - started
@@ -274,6 +275,9 @@ def run(args: argparse.Namespace) -> int:
             f"cascade level {level['level'] + 1} (1/{level['downscale']} magnification): "
             f"{level['patches_per_step']:.1f} patches/step, {level['network_evals']} network evaluations"
         )
+    print(f"time by stage: {bar.timing()}")
+    if isinstance(progress, AdaptiveThreads):
+        print(f"torch threads (chosen while running): {progress.summary()}")
     print(f"open it in napari:   napari {store.path}")
     print(f"or from Python:      napari.Viewer().open('{store.path}', plugin='napari-diffinfinite')")
     print(f"describe it:         diffinfinite info {store.path}")

@@ -62,6 +62,10 @@ LOG_NAME = "train-log.jsonl"
 SETTINGS_NAME = "train-settings.json"
 AMP_CHOICES = ("auto", "off", "bf16", "fp16")
 LR_SCHEDULES = ("constant", "cosine")
+# Model-config fields that only say how to sample or describe the model: changing them
+# (e.g. a demo's default DDIM steps) does not change what is trained, so --resume allows it.
+_CONFIG_NOT_TRAINED = frozenset({"sampling_steps", "eta", "description", "extra"})
+
 # Settings that must not change on --resume: they define which batches each step sees.
 _RESUME_FIXED = ("seed", "batch_size", "cond_drop_prob", "mask_mode")
 
@@ -331,9 +335,10 @@ class Trainer:
     def load_state(self, path: str | os.PathLike) -> None:
         state = load_training_state(path)
         saved_config = json.loads(state["model_config"])
-        if saved_config != self.config.to_dict():
-            diffs = sorted(k for k in set(saved_config) | set(self.config.to_dict())
-                           if saved_config.get(k) != self.config.to_dict().get(k))  # fmt: skip
+        current = self.config.to_dict()
+        diffs = sorted(k for k in set(saved_config) | set(current)
+                       if k not in _CONFIG_NOT_TRAINED and saved_config.get(k) != current.get(k))  # fmt: skip
+        if diffs:
             raise TrainingError(
                 f"cannot resume {path}: the model configuration differs ({', '.join(diffs)}); "
                 "resume with the original model options"
