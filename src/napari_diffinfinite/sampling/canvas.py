@@ -4,9 +4,11 @@ A step reads windows from one buffer and writes owned cells into the other, so a
 patches of a step see the same neighbourhood. Both buffers are (C, H*W + 1): the extra
 last column is a write-only "discard" slot, so that writing a batch of windows of which
 only the owned cells count is one scatter (pixels outside their cell are sent to the
-discard slot) instead of one slice assignment per patch. Gathering windows is one
-indexing of a strided view that holds every window of the canvas (indexed by the window
-corners only, so no per-pixel index is built). Neither needs a host synchronisation.
+discard slot) instead of one slice assignment per patch. On a GPU, gathering windows is
+one indexing of a strided view that holds every window of the canvas (indexed by the window
+corners only, so no per-pixel index is built), and neither needs a host synchronisation; on
+a CPU, where nothing waits on a device, windows and whole cells are copied slice by slice,
+which is several times faster there.
 
 The buffers live on the compute device when they fit there, else in pinned host memory,
 streamed to and from the device batch by batch.
@@ -64,18 +66,38 @@ class LatentCanvas:
             (*buffer.stride()[:-1], width, 1, width, 1),
         )
 
+    @property
+    def _host(self) -> bool:
+        """Buffers and computation both on the CPU: window copies slice by slice are fastest there."""
+        return self.storage.type == "cpu" and self.device.type == "cpu"
+
+    def _grid(self, buffer: torch.Tensor) -> torch.Tensor:
+        """The (..., H, W) view of a flat buffer without its discard slot."""
+        return buffer[..., :-1].view(*buffer.shape[:-1], *self.shape)
+
     def gather_windows(self, wy: torch.Tensor, wx: torch.Tensor, size: int) -> torch.Tensor:
         """(B, C, size, size) latent windows with top-left corners (wy, wx), contiguous, on the compute device.
 
-        One indexing of the window view by the corners (about twice as fast on a CPU as an
-        index selection of every pixel), batch-major as the network takes it.
+        On a GPU one indexing of the view of every window by the corners (one kernel, no per-pixel
+        index); on a CPU, where no device waits, a copy of each window's slice, about 5x faster
+        there than the indexing (measured: 0.015 against 0.074 ms per 64 x 64 x 4 window).
         """
+        if self._host:
+            if not len(wy):
+                return self.current.new_empty(0, self.channels, size, size)
+            grid = self._grid(self.current)
+            return torch.stack([grid[:, y : y + size, x : x + size] for y, x in zip(wy.tolist(), wx.tolist())])
         wy, wx = wy.to(self.storage), wx.to(self.storage)
         every = self._windows(self.current, size).permute(1, 2, 0, 3, 4)  # (H', W', C, size, size)
         return every[wy, wx].to(self.device, non_blocking=True)
 
     def gather_label_windows(self, wy: torch.Tensor, wx: torch.Tensor, size: int) -> torch.Tensor:
         """(B, size, size) uint8 label windows with top-left corners (wy, wx), on the compute device."""
+        if self._host:
+            if not len(wy):
+                return self.labels.new_empty(0, size, size)
+            grid = self._grid(self.labels)
+            return torch.stack([grid[y : y + size, x : x + size] for y, x in zip(wy.tolist(), wx.tolist())])
         wy, wx = wy.to(self.storage), wx.to(self.storage)
         return self._windows(self.labels, size)[wy, wx].to(self.device)
 
@@ -88,11 +110,18 @@ class LatentCanvas:
     def write_cells(self, y0: torch.Tensor, x0: torch.Tensor, values: torch.Tensor) -> None:
         """Write (B, C, s, s) ``values`` as the square cells with corners (y0, x0) of the next buffer.
 
-        The cells must not overlap. One indexing of the view of every s x s cell by the corners:
-        several times faster than :meth:`scatter` on a CPU, for the patches whose owned cell is a
-        whole square (all but those at the canvas edge).
+        The cells must not overlap. On a GPU one indexing of the view of every s x s cell by the
+        corners; on a CPU one slice assignment per cell. Either is several times faster than
+        :meth:`scatter`, for the patches whose owned cell is a whole square (all but those at the
+        canvas edge).
         """
-        every = self._windows(self.next, values.shape[-1]).permute(1, 2, 0, 3, 4)  # (H', W', C, s, s)
+        side = values.shape[-1]
+        if self._host:
+            grid = self._grid(self.next)
+            for i, (y, x) in enumerate(zip(y0.tolist(), x0.tolist())):
+                grid[:, y : y + side, x : x + side] = values[i]
+            return
+        every = self._windows(self.next, side).permute(1, 2, 0, 3, 4)  # (H', W', C, s, s)
         every[y0.to(self.storage), x0.to(self.storage)] = values.to(self.storage)
 
     def swap(self) -> None:
