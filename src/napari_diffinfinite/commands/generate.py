@@ -264,7 +264,8 @@ def run(args: argparse.Namespace) -> int:
     stats = provenance.get("sampler_stats", {})
     if provenance.get("mask"):
         print(engine.describe_layout(provenance["mask"]))
-    print(f"wrote {store.path} ({engine.format_size(store.shape)} px, {store.num_levels} levels) in {elapsed:.1f} s")
+    levels = f"{store.num_levels} level{'s' if store.num_levels != 1 else ''}"
+    print(f"wrote {store.path} ({engine.format_size(store.shape)} px, {levels}) in {elapsed:.1f} s")
     if stats:
         print(
             f"sampler: {stats['patches_per_step']:.1f} patches/step (ideal {stats['ideal_patches_per_step']:.1f}), "
