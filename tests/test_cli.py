@@ -225,13 +225,15 @@ _SIGNAL_ARGS = ["--size", "256x256", "--label", "2", "--steps", "30", "--seed", 
 
 
 @pytest.fixture
-def one_thread():
+def one_thread(monkeypatch):
     """Bit-equality across processes needs the same float reduction order: one torch thread here and
-    in the subprocess (a different thread count alone changes a few pixels by one grey level)."""
+    in the subprocess (a different thread count alone changes a few pixels by one grey level).
+    OMP_NUM_THREADS is set here too: without it the CLI adapts its thread count while it runs."""
     import torch
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
     yield {**os.environ, "OMP_NUM_THREADS": "1"}
     torch.set_num_threads(threads)
 
