@@ -4,7 +4,8 @@
 # time split (sampler overhead / UNet / decode), and the tiled-decode fidelity of the SD-2 VAE.
 # Writes gpu-benchmark.json (or $1) and prints a markdown table for docs/benchmarks.md.
 #
-#   benchmarks/gpu.sh                       # on a CUDA machine (an H200: about 20-30 min)
+#   benchmarks/gpu.sh                       # on a CUDA machine (an H200: about 20-30 min, mostly compiling)
+#   benchmarks/gpu.sh out.json --quick      # no compile runs, batches 32/128/256: for a 10-15 min device budget
 #   benchmarks/gpu.sh out.json --tiny       # toy sizes on any machine (checks the script; CPU fallback)
 set -euo pipefail
 cd "$(dirname "$0")/.."
