@@ -230,3 +230,16 @@ def test_glass_skipping_copies_the_lower_level(tmp_path: Path) -> None:
     with pytest.raises(SettingsError, match="leave out --skip-glass"):
         run_generate(GenerateRequest(out=tmp_path / "x.zarr", size=(80, 80), cascade=[low, stage], layout=layout,
                                      settings=settings, skip_glass=True))  # fmt: skip
+
+
+def test_a_cascade_and_a_diffusers_pipeline_are_refused_together(tmp_path):
+    from napari_diffinfinite.engine import DiffusersOptions, GenerateRequest
+    from napari_diffinfinite.engine.request import validate
+    from napari_diffinfinite.errors import SettingsError
+
+    request = GenerateRequest(
+        out=tmp_path / "s.zarr", size=(256, 256), cascade=[tmp_path, tmp_path], diffusers=DiffusersOptions(tmp_path)
+    )
+    with pytest.raises(SettingsError, match="--cascade or --pipeline, not both"):
+        validate(request)
+    assert not (tmp_path / "s.zarr").exists()

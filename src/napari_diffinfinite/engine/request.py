@@ -115,6 +115,10 @@ def validate(request: GenerateRequest) -> None:
     mask files present; the output path usable (its folder exists, an existing store needs
     ``resume`` or ``overwrite``, not both).
     """
+    if request.cascade is not None and request.diffusers is not None:
+        raise SettingsError(
+            "a cascade and a diffusers pipeline are two model families: give --cascade or --pipeline, not both"
+        )
     s = request.settings
     if s.omega is not None and not (isinstance(s.omega, (int, float)) and math.isfinite(s.omega)):
         raise SettingsError(f"omega (guidance) must be a finite number, got {s.omega}")
