@@ -121,6 +121,16 @@ def patches_per_run(
     return total
 
 
+def _owned(
+    rows: torch.Tensor, cols: torch.Tensor, y0: torch.Tensor, y1: torch.Tensor, x0: torch.Tensor, x1: torch.Tensor
+) -> torch.Tensor:
+    """(B, P, Q) bool: which pixels of windows spanning rows (B, P) x cols (B, Q) lie in their
+    owned cells [y0, y1) x [x0, x1) (each (B,))."""
+    return ((rows >= y0[:, None]) & (rows < y1[:, None]))[:, :, None] & ((cols >= x0[:, None]) & (cols < x1[:, None]))[
+        :, None, :
+    ]
+
+
 def _runs(flags: np.ndarray) -> list[tuple[int, int, bool]]:
     """Maximal runs [start, end) of equal values in a host bool array, with their value."""
     edges = np.flatnonzero(np.diff(flags.astype(np.int8))) + 1
@@ -332,8 +342,7 @@ class RandomPatchSampler:
                     cell = slice(m, self.patch - m)
                     x, e, r, c = x[..., cell, cell], e[..., cell, cell], r[:, cell], c[:, cell]
                 elif not is_whole:
-                    y0, y1, x0, x1 = oy0[r0:r1, None], oy1[r0:r1, None], ox0[r0:r1, None], ox1[r0:r1, None]
-                    owned = ((r >= y0) & (r < y1))[:, :, None] & ((c >= x0) & (c < x1))[:, None, :]
+                    owned = _owned(r, c, oy0[r0:r1], oy1[r0:r1], ox0[r0:r1], ox1[r0:r1])
                 see_x0 = None if x0_hook is None else (lambda x0, r=r, c=c, owned=owned: x0_hook(x0, r, c, owned))
                 update = ddim.advance(x, e, None if noise is None else noise.at(r, c), see_x0)
                 if is_whole:
@@ -478,13 +487,14 @@ class RandomPatchSampler:
             xs = canvas.gather_windows(wy, wx, self.patch)  # (b, C, P, P)
             x0 = condition.gather(rows, cols).transpose(0, 1)
             eps = (xs - math.sqrt(a) * x0) / math.sqrt(1 - a)
-            owned = ((rows >= oy0[:, None]) & (rows < oy1[:, None]))[:, :, None] & (
-                (cols >= ox0[:, None]) & (cols < ox1[:, None])
-            )[:, None, :]
-            x0 = ddim.predict_x0(xs, eps)
+            owned = _owned(rows, cols, oy0, oy1, ox0, ox1)
+            see_x0 = None
             if x0_preview is not None:
-                self._preview_write(x0_preview, x0, rows, cols, owned, stride, shape)
-            update = ddim.update(x0, eps, None if noise is None else noise.at(rows, cols), inplace=True)
+
+                def see_x0(x0, rows=rows, cols=cols, owned=owned):
+                    self._preview_write(x0_preview, x0, rows, cols, owned, stride, shape)
+
+            update = ddim.advance(xs, eps, None if noise is None else noise.at(rows, cols), see_x0)
             canvas.scatter(canvas.window_index(rows, cols), owned, update)
 
     @staticmethod

@@ -400,17 +400,8 @@ class SlideStore:
         ``downsample_image(rgb, 2**k)`` at (y0 >> k, x0 >> k), so each level fills in as its
         tiles land and always equals the downsample of level 0.
         """
-        self._require_writable()
-        rgb = np.asarray(rgb)
-        t = self.tile
         h, w = self.shape
-        if y0 % t or x0 % t or not (0 <= y0 < h and 0 <= x0 < w):
-            raise StoreError(f"tile origin ({y0}, {x0}) must be a multiple of {t} inside the {h} x {w} px slide")
-        expected = (3, min(t, h - y0), min(t, w - x0))
-        if rgb.dtype != np.uint8 or rgb.shape != expected:
-            raise StoreError(f"the tile at ({y0}, {x0}) must be uint8 of shape {expected}, got {rgb.dtype} {rgb.shape}")
-        with self._lock:
-            write_tile_levels(self._images, y0, x0, rgb)
+        self._write_from_level(0, y0, x0, rgb, f"the {h} x {w} px slide")
 
     def write_level_tile(self, level: int, y0: int, x0: int, rgb: np.ndarray) -> None:
         """Write a tile of pyramid level ``level`` (and its downsamples into the levels below it).
@@ -422,11 +413,17 @@ class SlideStore:
         """
         self._require_writable()
         self._check_level(level)
+        h, w = self.level_shapes[level]
+        self._write_from_level(level, y0, x0, rgb, f"level {level} ({h} x {w} px)")
+
+    def _write_from_level(self, level: int, y0: int, x0: int, rgb: np.ndarray, where: str) -> None:
+        """Check a tile of level ``level`` and write it and its downsamples into that level and those below."""
+        self._require_writable()
         rgb = np.asarray(rgb)
         t = self.tile
         h, w = self.level_shapes[level]
         if y0 % t or x0 % t or not (0 <= y0 < h and 0 <= x0 < w):
-            raise StoreError(f"tile origin ({y0}, {x0}) must be a multiple of {t} inside level {level} ({h} x {w} px)")
+            raise StoreError(f"tile origin ({y0}, {x0}) must be a multiple of {t} inside {where}")
         expected = (3, min(t, h - y0), min(t, w - x0))
         if rgb.dtype != np.uint8 or rgb.shape != expected:
             raise StoreError(f"the tile at ({y0}, {x0}) must be uint8 of shape {expected}, got {rgb.dtype} {rgb.shape}")
