@@ -279,8 +279,8 @@ class GuidedDenoiser:
             plan = self.plan(label_presence(labels, num_labels).cpu().numpy())
         self.count.patches += x.shape[0]
         self.count.network += plan.rows
-        # rows are gathered from x by index: on a strided view (the sampler's channel-major
-        # batches seen as (B, C, p, p)) that takes a slow path, on contiguous memory a row copy
+        # rows are gathered from x by index: on a strided view (the latent channels sliced off a
+        # solver's history channels) that takes a slow path, on contiguous memory a row copy
         if condition is not None:
             return self._guide(x.contiguous(), t, labels, plan, condition.contiguous())
         return self._guide(x.contiguous(), t, labels, plan)
