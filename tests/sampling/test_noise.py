@@ -29,8 +29,7 @@ def _reference_normals(seed, step, channels, rows, cols):
     h = hash32_reference(hy[:, None] ^ hx[None, :])
     table = ndtri((np.arange(65536) + 0.5) / 65536)
     out = []
-    for w in words:
-        bits = hash32_reference(h ^ np.uint32(w))
+    for bits in [h] + [hash32_reference(h ^ np.uint32(w)) for w in words]:  # pair 0: the position hash
         out += [table[bits & 0xFFFF], table[bits >> 16]]
     return np.stack(out)[:channels]
 
