@@ -313,3 +313,31 @@ def test_cascade_fills_the_live_view_level_by_level(ready, qtbot, viewer, tmp_pa
 
     store = SlideStore.open(tmp_path / "slide.zarr")
     assert [lv["downscale"] for lv in store.provenance["cascade"]] == [2, 1]
+
+
+def test_the_widget_job_adapts_torch_threads_as_the_cli_does(monkeypatch):
+    """The napari job picks and adapts its CPU threads like `diffinfinite generate` (it once ran
+    with torch's default, one thread per logical CPU, which collapses on a shared machine)."""
+    from napari_diffinfinite import engine, threads
+    from napari_diffinfinite.progress import ProgressEvent
+    from napari_diffinfinite.widgets._generate import run_generation
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(threads, "max_sampling_threads", lambda max_threads=threads.MAX_THREADS: 2)
+    monkeypatch.setattr(threads, "sampling_threads", lambda *a, **k: 1)
+    seen, passed = [], []
+
+    def fake_run_generate(request, progress=None, cancel=None):
+        seen.append(progress)
+        progress(ProgressEvent("sample", 1, 10, "step 1/10"))
+
+    monkeypatch.setattr(engine, "run_generate", fake_run_generate)
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        run_generation(type("Request", (), {"path": "x.zarr"})(), progress=passed.append)
+    finally:
+        torch.set_num_threads(before)
+    assert isinstance(seen[0], threads.AdaptiveThreads)
+    assert [e.done for e in passed] == [1]  # the widget's own callback still gets every event

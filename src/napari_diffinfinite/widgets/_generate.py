@@ -61,10 +61,12 @@ REFRESH_INTERVAL = 1.0
 
 def run_generation(request: Any, progress: Any = None, cancel: Any = None) -> str:
     """Run the whole job with :func:`engine.run_generate` (in the worker thread); returns the
-    store path."""
+    store path. Torch's CPU threads follow the same policy as the command line's (the cores
+    free now, then the fastest count while the load changes: :mod:`napari_diffinfinite.threads`)."""
     from .. import engine
+    from ..threads import adaptive_progress
 
-    engine.run_generate(request, progress=progress, cancel=cancel)
+    engine.run_generate(request, progress=adaptive_progress(progress), cancel=cancel)
     return str(request.path)
 
 
