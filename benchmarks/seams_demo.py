@@ -11,6 +11,7 @@ the two (``seam_excess_*``) is what the patch grid adds. Prints one JSON object.
     nice -n 10 env OMP_NUM_THREADS=1 python benchmarks/seams_demo.py --out /tmp/demo.zarr
     python benchmarks/seams_demo.py --out /tmp/demo.zarr --score-only        # re-score a store
     python benchmarks/seams_demo.py --out /tmp/d.zarr --late-context 0       # without late context
+    python benchmarks/seams_demo.py --out /tmp/d.zarr --model OLD/image --mask-model OLD/mask  # other models
 
 ``--late-context`` (latent px, -1 = the sampler's default) and ``--late-context-from``
 (share of the schedule) override the sampler's late-step context, to measure its effect.
@@ -40,6 +41,8 @@ def main() -> None:
     p.add_argument("--score-only", action="store_true")
     p.add_argument("--late-context", type=int, default=-1)
     p.add_argument("--late-context-from", type=float)
+    p.add_argument("--model", help="image model folder (default: the embedded demo model)")
+    p.add_argument("--mask-model", help="mask model folder (default: the embedded demo mask model)")
     args = p.parse_args()
     if args.late_context >= 0 or args.late_context_from is not None:
         original = sampler_module.RandomPatchSampler.__init__
@@ -66,6 +69,9 @@ def main() -> None:
             "--steps",
             str(args.steps),
         ]
+        for option in ("model", "mask_model"):
+            if getattr(args, option):
+                argv += ["--" + option.replace("_", "-"), getattr(args, option)]
         argv += ["--overwrite", "-q"]
         if cli.main(argv) != 0:
             raise SystemExit("generate failed")
@@ -84,6 +90,8 @@ def main() -> None:
         "steps": args.steps,
         "late_context": args.late_context,
         "late_context_from": args.late_context_from,
+        "model": args.model,
+        "mask_model": args.mask_model,
         "seconds": seconds,
         "threads": os.environ.get("OMP_NUM_THREADS"),
         "seam_x": scores.x.score,
