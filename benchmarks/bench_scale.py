@@ -5,7 +5,7 @@
     python benchmarks/bench_scale.py workers --slides 4   # a manifest on 1 and 2 LocalCluster workers
 
 ``halo`` lays the real step grids (official layout: SD-2 VAE latents, 4 channels, 64-px latent
-patches, 250 steps with late context) over slides of each width and counts the rows each band
+patches, 250 steps with cell context) over slides of each width and counts the rows each band
 border exchanges; ``ranks`` runs the band sampler with the demo image architecture
 (random init) and reports seconds and halo bytes per step; ``workers`` runs
 ``generate_many`` on the tiny test model.
@@ -31,7 +31,7 @@ def halo(widths_px: list[int], ranks: int, steps: int, dtype_bytes: int) -> list
     from napari_diffinfinite.sampling.distributed import Bands, window_rows
     from napari_diffinfinite.sampling.grid import step_grid
     from napari_diffinfinite.sampling.noise import grid_offset
-    from napari_diffinfinite.sampling.sampler import LATE_CONTEXT, LATE_CONTEXT_FROM
+    from napari_diffinfinite.sampling.sampler import CONTEXT_FROM, default_context
 
     patch, channels, scale = 64, 4, 8
     rows = []
@@ -41,7 +41,7 @@ def halo(widths_px: list[int], ranks: int, steps: int, dtype_bytes: int) -> list
         bands = Bands.split(h, ranks, 64)
         sent = []
         for k in range(steps):
-            context = round(patch * LATE_CONTEXT) if k >= np.ceil(LATE_CONTEXT_FROM * steps) else 0
+            context = default_context(patch) if k >= np.ceil(CONTEXT_FROM * steps) else 0
             grid = step_grid((h, patch), patch, grid_offset(0, k, patch), context)  # one column: rows only
             needs = [window_rows(grid, bands.rows(r)) for r in range(ranks)]
             border = 0  # rows crossing the border between bands 0 and 1, both directions

@@ -10,11 +10,12 @@ the two (``seam_excess_*``) is what the patch grid adds. Prints one JSON object.
 
     nice -n 10 env OMP_NUM_THREADS=1 python benchmarks/seams_demo.py --out /tmp/demo.zarr
     python benchmarks/seams_demo.py --out /tmp/demo.zarr --score-only        # re-score a store
-    python benchmarks/seams_demo.py --out /tmp/d.zarr --late-context 0       # without late context
+    python benchmarks/seams_demo.py --out /tmp/d.zarr --context 0            # cells without context
     python benchmarks/seams_demo.py --out /tmp/d.zarr --model OLD/image --mask-model OLD/mask  # other models
 
-``--late-context`` (latent px, -1 = the sampler's default) and ``--late-context-from``
-(share of the schedule) override the sampler's late-step context, to measure its effect.
+``--context`` (latent px on each side of a cell, -1 = the sampler's default) and
+``--context-from`` (share of the schedule from which cells have it) override the sampler's
+cell context, to measure its effect.
 """
 
 from __future__ import annotations
@@ -39,19 +40,19 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--score-only", action="store_true")
-    p.add_argument("--late-context", type=int, default=-1)
-    p.add_argument("--late-context-from", type=float)
+    p.add_argument("--context", type=int, default=-1)
+    p.add_argument("--context-from", type=float)
     p.add_argument("--model", help="image model folder (default: the embedded demo model)")
     p.add_argument("--mask-model", help="mask model folder (default: the embedded demo mask model)")
     args = p.parse_args()
-    if args.late_context >= 0 or args.late_context_from is not None:
+    if args.context >= 0 or args.context_from is not None:
         original = sampler_module.RandomPatchSampler.__init__
 
         def patched(self, *a, **kw):
-            if args.late_context >= 0:
-                kw["late_context"] = args.late_context
-            if args.late_context_from is not None:
-                kw["late_context_from"] = args.late_context_from
+            if args.context >= 0:
+                kw["context"] = args.context
+            if args.context_from is not None:
+                kw["context_from"] = args.context_from
             original(self, *a, **kw)
 
         sampler_module.RandomPatchSampler.__init__ = patched
@@ -88,8 +89,8 @@ def main() -> None:
         "size": args.size,
         "seed": args.seed,
         "steps": args.steps,
-        "late_context": args.late_context,
-        "late_context_from": args.late_context_from,
+        "context": args.context,
+        "context_from": args.context_from,
         "model": args.model,
         "mask_model": args.mask_model,
         "seconds": seconds,

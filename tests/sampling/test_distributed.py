@@ -80,8 +80,10 @@ def test_two_gloo_ranks_sample_the_single_process_latent(tmp_path, tiny_image_mo
     whole = torch.load(tmp_path / "whole.pt")
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     # the tolerance of batching: the tiny UNet's CPU convolutions give results that depend on the
-    # batch's composition by up to ~7e-4 (single process, batch 4 vs 9); a band plumbing error is O(1)
-    torch.testing.assert_close(whole, expected, rtol=0, atol=2e-3)
+    # batch's composition by up to ~7e-4 (single process, batch 4 vs 9), which guidance (x3) and
+    # four steps amplify (one element of 470 016 differed by 3.7e-3 once cells had context at every
+    # step); a band plumbing error is O(1)
+    torch.testing.assert_close(whole, expected, rtol=0, atol=5e-3)
     torch.testing.assert_close(torch.cat([ranks[0]["band"], ranks[1]["band"]], 1), whole, rtol=0, atol=0)
     halo = ranks[0]["stats"]["halo_bytes_per_step"]
     # rank 0 sends rank 1 at most one patch of rows (48 channels x 64 columns x float32) per step

@@ -168,13 +168,13 @@ def test_batch_size_and_resume_are_bit_identical():
     assert torch.equal(resumed.latent, latents[0])
 
 
-def test_late_context_keeps_window_borders_out_of_written_cells():
+def test_cell_context_keeps_window_borders_out_of_written_cells():
     shape, margin = (40, 53), 3
-    clean = _pointwise_sampler(8, late_context=margin, late_context_from=0.0)
+    clean = _pointwise_sampler(8, context=margin)
     expected = clean.run(clean.initial_state(shape), _labels(shape)).latent
-    blind = _pointwise_sampler(8, BorderBlindNetwork(margin), late_context=margin, late_context_from=0.0)
+    blind = _pointwise_sampler(8, BorderBlindNetwork(margin), context=margin)
     got = blind.run(blind.initial_state(shape), _labels(shape)).latent
-    without = _pointwise_sampler(8, BorderBlindNetwork(margin), late_context=0)
+    without = _pointwise_sampler(8, BorderBlindNetwork(margin), context=0)
     unprotected = without.run(without.initial_state(shape), _labels(shape)).latent
     # away from the canvas edge (where windows are clamped and nothing lies beyond), no written
     # pixel ever saw the network's blind border
@@ -183,14 +183,16 @@ def test_late_context_keeps_window_borders_out_of_written_cells():
     assert not torch.allclose(unprotected[inner], expected[inner])
 
 
-def test_late_context_applies_from_its_share_of_the_schedule():
+def test_cell_context_applies_from_its_share_of_the_schedule():
+    default = RandomPatchSampler(PointwiseNetwork(), channels=4, patch=32, steps=10, batch_size=4)
+    assert [default.context(k) for k in range(10)] == [2] * 10  # patch / 16 at every step
     sampler = RandomPatchSampler(
-        PointwiseNetwork(), channels=4, patch=32, steps=10, batch_size=4, late_context_from=0.6
+        PointwiseNetwork(), channels=4, patch=32, steps=10, batch_size=4, context=4, context_from=0.6
     )
     assert [sampler.context(k) for k in range(10)] == [0] * 6 + [4] * 4
     assert len(sampler.grid((128, 128), 9)) > len(sampler.grid((128, 128), 0))
     with pytest.raises(ValueError, match="leaves no cell"):
-        RandomPatchSampler(PointwiseNetwork(), channels=4, patch=8, batch_size=4, late_context=4)
+        RandomPatchSampler(PointwiseNetwork(), channels=4, patch=8, batch_size=4, context=4)
 
 
 def test_patches_per_run_matches_what_the_sampler_evaluates():

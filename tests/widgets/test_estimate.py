@@ -17,12 +17,12 @@ def test_tile_counts():
     assert tile_count((16384, 16384)) == 1024 and tile_count((513, 100)) == 2
 
 
-def test_estimate_scales_with_steps_and_area_and_counts_the_late_context():
+def test_estimate_scales_with_steps_and_area_and_counts_the_cell_context():
     cal = Calibration(seconds_per_patch=0.05, seconds_per_tile=0.1, patch=32, scale_factor=4, device="cpu")
-    small = estimate_seconds(cal, (512, 512), 5)
-    # 128 x 128 latent: 5 x 5 patches at the first 3 steps; the last 2 (from 60 % of the
-    # schedule) have 24-wide cells with 4 latent pixels of context: 6 x 6
-    assert small == pytest.approx((3 * 25 + 2 * 36) * 0.05 + 1 * 0.1)
+    small = estimate_seconds(cal, (1024, 1024), 5)
+    # 256 x 256 latent: cells 28 wide with 2 latent pixels of context on each side at every
+    # step: 10 x 10 patches a step (9 x 9 for cells without context)
+    assert small == pytest.approx(5 * 100 * 0.05 + 4 * 0.1)
     assert estimate_seconds(cal, (128, 128), 10) == pytest.approx(10 * 0.05 + 0.1)  # one patch
     big = estimate_seconds(cal, (16384, 16384), 25)
     assert big > 600 > small  # a default 16k slide on a CPU needs the confirmation

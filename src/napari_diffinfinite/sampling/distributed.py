@@ -17,7 +17,7 @@ rank
 
 Every random number is keyed by position, so the result equals the single-process run with
 the same seed (to the float tolerance of batching). The per-step pieces are the single-process
-sampler's (:class:`~.sampler.RandomPatchSampler`: its step grid with late context, its
+sampler's (:class:`~.sampler.RandomPatchSampler`: its step grid with cell context, its
 evaluation plan and batches, the guided denoiser, the latent canvas, keyed noise); this module
 adds the band bookkeeping and the exchange, through ``torch.distributed`` point-to-point calls
 (NCCL on GPUs, Gloo on CPUs). A band's step is the sampler's own step over the band's patches

@@ -13,10 +13,13 @@ windows, the guidance, the noise of the written cells and writing the owned cell
 few batched tensor operations on the compute device, with no host synchronisation. Only
 the two latent buffers and the label map are held (see :mod:`.canvas`).
 
-Late steps get context: from ``late_context_from`` of the schedule on, the owned cells
-shrink to ``patch - 2 * late_context`` and sit in the middle of their windows, so the
-network sees around every pixel it writes. A cell denoised without context at low noise
-keeps a faint border that no later step can remove.
+Cells get context: the owned cells are ``patch - 2 * context`` wide and sit in the middle
+of their windows, so the network sees around every pixel it writes. A cell denoised without
+context keeps a faint border that later steps do not remove: at low noise (the last steps)
+and, measured on the demo slide, at the early steps too (their cell borders were the
+strongest seams left once the late steps had context), so every step has it by default
+(``context_from`` 0); ``patch / 16`` on each side suffices there, at 1.3x the patches of
+cells without context (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -37,8 +40,8 @@ from .noise import INITIAL_STEP, StepNoise, grid_offset, normal_field
 from .schedule import Schedule
 
 PREVIEW_SIDE = 512
-LATE_CONTEXT_FROM = 0.6  # share of the schedule after which cells get context
-LATE_CONTEXT = 1 / 8  # context on each side of a late cell, as a share of the patch
+CONTEXT_FROM = 0.0  # share of the schedule from which cells get context (0: every step)
+CONTEXT = 1 / 16  # context on each side of a cell, as a share of the patch
 _PRESENCE_CHUNK = 256  # windows whose labels are looked at together when planning a step
 
 
@@ -101,24 +104,29 @@ def auto_batch_size(
 
 
 def patches_per_run(
-    shape: tuple[int, int], patch: int, steps: int, *, late_context: int | None = None,
-    late_context_from: float = LATE_CONTEXT_FROM,
+    shape: tuple[int, int], patch: int, steps: int, *, context: int | None = None,
+    context_from: float = CONTEXT_FROM,
 ) -> int:  # fmt: skip
     """About how many patches a run of ``steps`` steps evaluates on a latent of ``shape``.
 
-    Each step is counted on a grid with a typical offset (half a cell): the late steps, whose
-    cells are smaller by the context on both sides, need more patches (about 1.3x at the
-    default context of patch / 8). For time estimates; the sampler's own grids are keyed.
+    Each step is counted on a grid with a typical offset (half a cell): steps whose cells are
+    smaller by the context on both sides need more patches (about 1.3x at the default
+    context of patch / 16). For time estimates; the sampler's own grids are keyed.
     """
     shape = (max(shape[0], patch), max(shape[1], patch))
-    context = max(0, round(patch * LATE_CONTEXT)) if late_context is None else late_context
-    late_from = math.ceil(late_context_from * steps)
+    context = default_context(patch) if context is None else context
+    first = math.ceil(context_from * steps)
     total = 0
-    for m, count in ((0, min(late_from, steps)), (context, max(steps - late_from, 0))):
+    for m, count in ((0, min(first, steps)), (context, max(steps - first, 0))):
         if count:
             cell = patch - 2 * m
             total += count * len(step_grid(shape, patch, (cell // 2, cell // 2), m))
     return total
+
+
+def default_context(patch: int) -> int:
+    """Latent pixels of context on each side of a cell by default: ``patch / 16``, rounded."""
+    return max(0, round(patch * CONTEXT))
 
 
 def _owned(
@@ -143,8 +151,8 @@ class RandomPatchSampler:
 
     ``channels_last`` (default: on CUDA) and ``compile`` (``torch.compile``, opt-in) speed up
     the network; ``static_shapes`` (default: with ``compile`` on CUDA) pads every network
-    call to the batch size. ``late_context`` latent pixels of context (default patch / 8)
-    are given to the cells of the steps from ``late_context_from`` of the schedule on.
+    call to the batch size. ``context`` latent pixels of context (default patch / 16) are
+    given to the cells of the steps from ``context_from`` of the schedule on (default: all).
 
     ``schedule`` replaces DiffInfinite's DDIM schedule (``steps``, ``eta``, ``timesteps`` are
     then unused) with any sequence of steps that have ``t``, ``final``, ``sigma`` and
@@ -173,8 +181,8 @@ class RandomPatchSampler:
         channels_last: bool | None = None,
         compile: bool = False,
         static_shapes: bool | None = None,
-        late_context: int | None = None,
-        late_context_from: float = LATE_CONTEXT_FROM,
+        context: int | None = None,
+        context_from: float = CONTEXT_FROM,
         schedule=None,
         prediction: str = "pred_noise",
     ) -> None:
@@ -196,10 +204,10 @@ class RandomPatchSampler:
             self.denoiser.v_alphas = self.schedule.alphas_cumprod.to(self.device)
         elif prediction != "pred_noise":
             raise ValueError(f"unknown prediction {prediction!r}; expected 'pred_noise' or 'pred_v'")
-        self.late_context = max(0, round(patch * LATE_CONTEXT)) if late_context is None else late_context
-        if not 0 <= 2 * self.late_context < patch:
-            raise ValueError(f"late_context {self.late_context} leaves no cell inside a patch of {patch}")
-        self.late_context_from = late_context_from
+        self.cell_context = default_context(patch) if context is None else int(context)
+        if not 0 <= 2 * self.cell_context < patch:
+            raise ValueError(f"context {self.cell_context} leaves no cell inside a patch of {patch}")
+        self.context_from = context_from
         self.stats = SamplerStats()
 
     @property
@@ -212,7 +220,7 @@ class RandomPatchSampler:
 
     def context(self, step: int) -> int:
         """Latent pixels of context around the cells of ``step`` (0: cells fill their windows)."""
-        return self.late_context if step >= math.ceil(self.late_context_from * self.steps) else 0
+        return self.cell_context if step >= math.ceil(self.context_from * self.steps) else 0
 
     def initial_state(self, shape: tuple[int, int]) -> SamplerState:
         """Keyed Gaussian noise x_T over a latent of ``shape`` (h, w)."""

@@ -5,7 +5,7 @@ the chosen device and dtype (the real engine call, into a temporary folder) and 
 rates: seconds per patch evaluation per step, and seconds per store tile for decoding and
 writing. :func:`estimate_seconds` scales them to a job: the sampler evaluates about
 ``(h / P + 1) (w / P + 1)`` patches per step on an ``h x w`` latent with ``P`` latent
-positions per patch, more at the late steps whose cells leave context around them (the
+positions per patch, more where the cells leave context around them (the
 sampler's own count, :func:`~napari_diffinfinite.sampling.sampler.patches_per_run`), and
 writes one tile per 512 x 512 px. The one-patch calibration gets
 nothing from batching, so the estimate errs high on plain layouts (a 1024 x 1024 px,
