@@ -45,6 +45,7 @@ def test_evaluate_writes_a_reproducible_report(tmp_path, cmu_svs, synthetic_stor
     assert metrics["privacy"]["authenticity"] == 1.0  # a store of smooth waves copies nothing of the real slide
     slide = metrics["slides"][str(synthetic_store)]
     assert set(slide["seams"]) == {"128", "256"} and slide["seams"]["128"]["x"]["score"] < 1.5
+    assert slide["seams_exclude_class_borders_px"] == 8  # the store has a layout: its class borders are left out
     assert 0 <= slide["adherence"]["mean_iou"] <= 1
     assert "FID" in capsys.readouterr().out
 

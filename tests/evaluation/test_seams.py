@@ -78,3 +78,42 @@ def test_unusable_images_are_refused_with_a_clear_message(image, match):
 def test_json_ready():
     d = seam_score(texture()).to_dict()
     assert set(d) == {"period", "score", "x", "y"} and isinstance(d["x"]["phase"], int)
+
+
+def test_class_borders_a_layout_asks_for_are_left_out_with_exclude():
+    """A band layout whose class borders lie on multiples of the period: the borders score as a
+    seam unless the pixels near them are excluded (a patch seam inside a class still counts)."""
+    from napari_diffinfinite.evaluation.seams import near_label_edges
+
+    image = texture((512, 640)).astype(np.float32)
+    labels = np.zeros((512, 640), np.uint8)
+    labels[:, 256:384] = 1
+    image[:, 256:384] -= 60  # a darker band of the other class, drawn where the layout asks for it
+    rgb = np.clip(image, 0, 255).astype(np.uint8)
+    exclude = near_label_edges(labels, distance=4)
+    assert exclude[:, 252:260].all() and not exclude[:, :250].any() and not exclude[:, 262:378].any()
+    assert seam_score(rgb, period=128).x.score > 2  # the band's edges, at phase 0
+    assert seam_score(rgb, period=128, exclude=exclude).x.score < 1.1
+    seamed = rgb.copy()
+    seamed[:, 128 * np.arange(1, 5) + 37] = 20  # a real seam at phase 37, away from the class borders
+    result = seam_score(seamed, period=128, exclude=exclude)
+    assert result.x.score > 3 and result.x.phase in (37, 38)
+    with pytest.raises(DiffInfiniteError, match="exclusion mask"):
+        seam_score(rgb, period=128, exclude=exclude[:10])
+
+
+def test_regions_with_labels_equal_the_whole_image_with_its_exclusion():
+    from napari_diffinfinite.evaluation.seams import near_label_edges
+
+    image = texture((600, 520), seed=3)
+    labels = np.zeros((600, 520), np.uint8)
+    labels[100:300, 50:400] = 1
+    labels[350:, 200:] = 2
+    whole = seam_scores(image, periods=(128, 100), exclude=near_label_edges(labels, 5))
+    tiled = seam_score_of_regions(
+        lambda y0, y1, x0, x1: image[y0:y1, x0:x1], image.shape[:2], (128, 100), tile=96,
+        read_labels=lambda y0, y1, x0, x1: labels[y0:y1, x0:x1], edge_distance=5,
+    )  # fmt: skip
+    for period in (128, 100):
+        np.testing.assert_allclose(tiled[period].x.profile, whole[period].x.profile, rtol=1e-6)
+        np.testing.assert_allclose(tiled[period].y.profile, whole[period].y.profile, rtol=1e-6)

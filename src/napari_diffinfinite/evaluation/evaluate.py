@@ -61,6 +61,7 @@ class EvaluationSettings:
     ct_cells: int = 5
     seams: bool = True
     seam_periods: tuple[int, ...] = (128,)
+    seam_edge_distance: int = 8  # px around the layout's class borders left out of the seam score
     adherence: bool = True
     class_map: dict[str, str] | None = None  # model class -> heuristic class; None = glass vs tissue
     segmenter: str = "he"
@@ -130,13 +131,24 @@ def _store_checks(sample: TileSample, settings: EvaluationSettings, stages: _Sta
         if settings.seams:
             h, w = store.shape
             try:
+                labels = store.label_level(0)
+            except DiffInfiniteError:
+                labels = None
+            try:
+                # the class borders the layout asks for are drawn on purpose: not seams
                 scores = seam_score_of_regions(
                     lambda y0, y1, x0, x1, st=store: st.read_region(0, y0, y1, x0, x1),
                     (h, w),
                     settings.seam_periods,
                     progress=lambda d, t, name=source.name: stages("seams", d, t, name),
+                    read_labels=None
+                    if labels is None
+                    else (lambda y0, y1, x0, x1, lab=labels: np.asarray(lab[y0:y1, x0:x1])),
+                    edge_distance=settings.seam_edge_distance,
                 )
                 entry["seams"] = {str(p): s.to_dict() for p, s in scores.items()}
+                if labels is not None:
+                    entry["seams_exclude_class_borders_px"] = settings.seam_edge_distance
             except DiffInfiniteError as exc:  # e.g. a slide smaller than two periods
                 entry["seams"] = {"error": str(exc)}
         if settings.adherence:

@@ -17,6 +17,12 @@ pathologist scrolling a slide. The score makes them measurable:
    little, less the larger the image); a seam at a fixed phase gives a peak and a score
    well above 1. The overall score is the larger of the two axes.
 
+Where the image is generated from a layout, the edges between its classes are drawn on
+purpose, and a layout whose class borders fall on multiples of the period (a band or a
+checkerboard of 128 px squares) would score them as seams. ``exclude`` (an (H, W) bool
+mask, e.g. :func:`near_label_edges` of the layout) leaves the gradients that touch its
+pixels out of the fold.
+
 The image must span at least two periods along each axis, so that every phase is averaged
 over more than one position. Large slides are scored region by region
 (:func:`seam_score_of_regions`) with the same result as scoring the whole image at once.
@@ -38,6 +44,7 @@ __all__ = [
     "SeamScore",
     "FoldedGradient",
     "luminance",
+    "near_label_edges",
     "seam_score",
     "seam_scores",
     "seam_score_of_regions",
@@ -124,26 +131,41 @@ class FoldedGradient:
         self._count = {axis: np.zeros(self.period, np.int64) for axis in "xy"}
         self._extent = [0, 0]  # largest (y, x) end seen, to check the image spans two periods
 
-    def add(self, lum: np.ndarray, y0: int = 0, x0: int = 0, *, axes: str = "xy") -> None:
+    def add(
+        self, lum: np.ndarray, y0: int = 0, x0: int = 0, *, axes: str = "xy", exclude: np.ndarray | None = None
+    ) -> None:
         """Add the gradients inside the luminance region whose top-left pixel is at ``(y0, x0)``.
 
         ``axes`` selects the gradients counted: ``"x"`` (steps between columns), ``"y"``
-        (steps between rows) or both.
+        (steps between rows) or both. ``exclude``: (h, w) bool, pixels whose gradients (to or
+        from them) are not counted.
         """
         lum = np.asarray(lum, dtype=np.float32)
         h, w = lum.shape
+        if exclude is not None and np.shape(exclude) != (h, w):
+            raise SeamError(f"the exclusion mask is {np.shape(exclude)}, the image {(h, w)}")
+        keep = None if exclude is None else ~np.asarray(exclude, bool)
         self._extent = [max(self._extent[0], y0 + h), max(self._extent[1], x0 + w)]
         if "x" in axes and w > 1:
-            gx = np.abs(np.diff(lum, axis=1)).sum(axis=0, dtype=np.float64)  # steps into columns x0+1 .. x0+w-1
-            self._accumulate("x", gx, x0 + 1, h)
+            step = np.abs(np.diff(lum, axis=1))  # steps into columns x0+1 .. x0+w-1
+            both = None if keep is None else keep[:, 1:] & keep[:, :-1]
+            self._accumulate("x", step, both, x0 + 1, along=0)
         if "y" in axes and h > 1:
-            gy = np.abs(np.diff(lum, axis=0)).sum(axis=1, dtype=np.float64)  # steps into rows y0+1 .. y0+h-1
-            self._accumulate("y", gy, y0 + 1, w)
+            step = np.abs(np.diff(lum, axis=0))  # steps into rows y0+1 .. y0+h-1
+            both = None if keep is None else keep[1:] & keep[:-1]
+            self._accumulate("y", step, both, y0 + 1, along=1)
 
-    def _accumulate(self, axis: str, sums: np.ndarray, start: int, per_position: int) -> None:
+    def _accumulate(self, axis: str, step: np.ndarray, keep: np.ndarray | None, start: int, along: int) -> None:
+        """Sum ``step`` (where ``keep``) over the other axis (``along``) and fold the sums by phase."""
+        if keep is None:
+            sums = step.sum(axis=along, dtype=np.float64)
+            counts = np.full(sums.size, step.shape[along], np.int64)
+        else:
+            sums = np.where(keep, step, 0).sum(axis=along, dtype=np.float64)
+            counts = keep.sum(axis=along, dtype=np.int64)
         phases = (start + np.arange(sums.size)) % self.period
         self._sum[axis] += np.bincount(phases, weights=sums, minlength=self.period)
-        self._count[axis] += np.bincount(phases, minlength=self.period) * per_position
+        self._count[axis] += np.bincount(phases, weights=counts, minlength=self.period).astype(np.int64)
 
     def result(self) -> SeamScore:
         """The seam score of everything added so far."""
@@ -166,22 +188,36 @@ class FoldedGradient:
         return AxisSeam(score=score, phase=int(np.argmax(profile)), profile=profile)
 
 
-def seam_score(image: np.ndarray, period: int = DEFAULT_PERIOD) -> SeamScore:
-    """Seam score of a whole image (H, W, 3) uint8 or (H, W) float at one period."""
+def seam_score(image: np.ndarray, period: int = DEFAULT_PERIOD, *, exclude: np.ndarray | None = None) -> SeamScore:
+    """Seam score of a whole image (H, W, 3) uint8 or (H, W) float at one period, leaving out
+    the gradients that touch ``exclude`` ((H, W) bool; e.g. :func:`near_label_edges`)."""
     folded = FoldedGradient(period)
-    folded.add(luminance(image))
+    folded.add(luminance(image), exclude=exclude)
     return folded.result()
 
 
-def seam_scores(image: np.ndarray, periods: Iterable[int] = (DEFAULT_PERIOD,)) -> dict[int, SeamScore]:
+def seam_scores(
+    image: np.ndarray, periods: Iterable[int] = (DEFAULT_PERIOD,), *, exclude: np.ndarray | None = None
+) -> dict[int, SeamScore]:
     """Seam scores at several periods (e.g. the patch size and the decode tile size), keyed by period."""
     lum = luminance(image)
     out: dict[int, SeamScore] = {}
     for period in dict.fromkeys(int(p) for p in periods):
         folded = FoldedGradient(period)
-        folded.add(lum)
+        folded.add(lum, exclude=exclude)
         out[period] = folded.result()
     return out
+
+
+def near_label_edges(labels: np.ndarray, distance: int = 8) -> np.ndarray:
+    """(H, W) bool: the pixels within ``distance`` px (a square neighbourhood) of a pixel of
+    another class in the (H, W) integer ``labels``; for ``exclude``, so that the class borders a
+    layout asks for are not scored as seams."""
+    from scipy.ndimage import maximum_filter, minimum_filter
+
+    labels = np.asarray(labels)
+    size = 2 * int(distance) + 1
+    return maximum_filter(labels, size=size, mode="nearest") != minimum_filter(labels, size=size, mode="nearest")
 
 
 def seam_score_of_regions(
@@ -191,6 +227,8 @@ def seam_score_of_regions(
     *,
     tile: int = 2048,
     progress: Callable[[int, int], None] | None = None,
+    read_labels: Callable[[int, int, int, int], np.ndarray] | None = None,
+    edge_distance: int = 8,
 ) -> dict[int, SeamScore]:
     """Seam scores of an image too large to hold, read as tiles.
 
@@ -198,17 +236,30 @@ def seam_score_of_regions(
     or float luminance). Each tile is read with one extra row and column before it, so the
     steps across tile borders are counted exactly once: the result equals :func:`seam_scores`
     of the whole image. ``progress(done, total)`` is called after each tile.
+    ``read_labels`` (same signature, (h, w) integer classes): the gradients within
+    ``edge_distance`` px of a class border are left out (:func:`near_label_edges`), as
+    ``exclude`` does for a whole image.
     """
     h, w = shape
     folders = [FoldedGradient(p) for p in dict.fromkeys(int(p) for p in periods)]
     origins = [(y, x) for y in range(0, h, tile) for x in range(0, w, tile)]
+    d = int(edge_distance)
     for i, (y0, x0) in enumerate(origins):
-        ry0, rx0 = max(y0 - 1, 0), max(x0 - 1, 0)
-        lum = luminance(read_region(ry0, min(y0 + tile, h), rx0, min(x0 + tile, w)))
+        ry0, rx0, ry1, rx1 = max(y0 - 1, 0), max(x0 - 1, 0), min(y0 + tile, h), min(x0 + tile, w)
+        lum = luminance(read_region(ry0, ry1, rx0, rx1))
+        exclude = None
+        if read_labels is not None:  # labels read with the distance around, so tile borders see their neighbours
+            ly0, lx0 = max(ry0 - d, 0), max(rx0 - d, 0)
+            near = near_label_edges(read_labels(ly0, min(ry1 + d, h), lx0, min(rx1 + d, w)), d)
+            exclude = near[ry0 - ly0 : ry1 - ly0, rx0 - lx0 : rx1 - lx0]
         for folder in folders:
             # x-steps: this tile's rows, from the column before it; y-steps: its columns, from the row above.
-            folder.add(lum[y0 - ry0 :, :], y0, rx0, axes="x")
-            folder.add(lum[:, x0 - rx0 :], ry0, x0, axes="y")
+            folder.add(
+                lum[y0 - ry0 :, :], y0, rx0, axes="x", exclude=None if exclude is None else exclude[y0 - ry0 :, :]
+            )
+            folder.add(
+                lum[:, x0 - rx0 :], ry0, x0, axes="y", exclude=None if exclude is None else exclude[:, x0 - rx0 :]
+            )
         if progress is not None:
             progress(i + 1, len(origins))
     return {f.period: f.result() for f in folders}
