@@ -14,8 +14,9 @@ Each synthetic image is segmented by the built-in H&E heuristic
 the demo's background / dermis / epidermis map onto them) and compared with its layout:
 per-class IoU and Dice, mean IoU. Also: the mean luminance of the pixels painted as glass
 (8 px away from other classes) against the real slide's glass, and the seam score at the
-patch size (:mod:`napari_diffinfinite.evaluation.seams`), leaving out the gradients within 8 px of the
-layout's class borders (drawn on purpose; in the band and checkerboard they lie on multiples of the period).
+patch size (:mod:`napari_diffinfinite.evaluation.seams`) with the layout: the gradients within 8 px
+of its class borders left out (drawn on purpose; in the band and checkerboard they lie on multiples of
+the period) and each class's gradients divided by their mean (glass is flat, tissue is not).
 
 Mask model (``--mask-model``): layouts for a 2048 x 2048 slide (``--layout-size``) under condition 1
 ("tissue", the CLI default) and 0 ("any"), after the sampler's clean-up: the fraction that is
@@ -46,7 +47,7 @@ from scipy import ndimage
 from napari_diffinfinite import engine
 from napari_diffinfinite.demo import DEMO_CLASS_COLORS, DEMO_CLASS_NAMES
 from napari_diffinfinite.evaluation.adherence import HESegmenter, layout_adherence, named_mapping
-from napari_diffinfinite.evaluation.seams import near_label_edges, seam_score
+from napari_diffinfinite.evaluation.seams import seam_score
 from napari_diffinfinite.slide.masks import CanvasMask
 from napari_diffinfinite.training import demo_data
 from napari_diffinfinite.training.previews import colour_labels
@@ -166,7 +167,7 @@ def evaluate_image_model(args: argparse.Namespace) -> tuple[dict, dict]:
                 # the layout's class borders are drawn on purpose (and lie on multiples of the
                 # period in the band and checkerboard): left out, as `diffinfinite evaluate` does
                 "seam_score": round(
-                    seam_score(image, period=model.config.patch_size, exclude=near_label_edges(layout, 8)).score, 4
+                    seam_score(image, period=model.config.patch_size, labels=layout, edge_distance=8).score, 4
                 ),
                 "seconds": round(seconds, 1),
             }  # fmt: skip

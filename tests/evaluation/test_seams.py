@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 
 from napari_diffinfinite.errors import DiffInfiniteError
-from napari_diffinfinite.evaluation.seams import luminance, seam_score, seam_score_of_regions, seam_scores
+from napari_diffinfinite.evaluation.seams import (
+    luminance,
+    near_label_edges,
+    seam_score,
+    seam_score_of_regions,
+    seam_scores,
+)
 
 
 def texture(shape=(512, 640), seed=0) -> np.ndarray:
@@ -117,3 +123,21 @@ def test_regions_with_labels_equal_the_whole_image_with_its_exclusion():
     for period in (128, 100):
         np.testing.assert_allclose(tiled[period].x.profile, whole[period].x.profile, rtol=1e-6)
         np.testing.assert_allclose(tiled[period].y.profile, whole[period].y.profile, rtol=1e-6)
+
+
+def test_with_labels_classes_of_different_texture_weigh_the_same_at_every_phase():
+    """The band layout: tissue, glass (flat), tissue in bands one period high. Leaving out the rows
+    near the class borders leaves the phases next to 0 with tissue only, while the others average
+    tissue with glass: raw gradients peak there; per-class normalisation (``labels``) keeps the fold
+    flat and still finds a real seam."""
+    image = texture((384, 640), seed=1).astype(np.float32)
+    labels = np.zeros((384, 640), np.uint8)
+    labels[128:256] = 1
+    image[128:256] = 245  # flat glass
+    rgb = np.clip(image, 0, 255).astype(np.uint8)
+    assert seam_score(rgb, period=128, exclude=near_label_edges(labels, 8)).y.score > 1.3
+    assert seam_score(rgb, period=128, labels=labels).y.score < 1.1
+    seamed = rgb.copy()
+    seamed[:, 128 * np.arange(0, 5) + 37] = 20  # a seam at phase 37 of x
+    result = seam_score(seamed, period=128, labels=labels)
+    assert result.x.score > 3 and result.x.phase in (37, 38)

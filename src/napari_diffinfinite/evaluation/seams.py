@@ -132,13 +132,21 @@ class FoldedGradient:
         self._extent = [0, 0]  # largest (y, x) end seen, to check the image spans two periods
 
     def add(
-        self, lum: np.ndarray, y0: int = 0, x0: int = 0, *, axes: str = "xy", exclude: np.ndarray | None = None
+        self,
+        lum: np.ndarray,
+        y0: int = 0,
+        x0: int = 0,
+        *,
+        axes: str = "xy",
+        exclude: np.ndarray | None = None,
+        weight: np.ndarray | None = None,
     ) -> None:
         """Add the gradients inside the luminance region whose top-left pixel is at ``(y0, x0)``.
 
         ``axes`` selects the gradients counted: ``"x"`` (steps between columns), ``"y"``
         (steps between rows) or both. ``exclude``: (h, w) bool, pixels whose gradients (to or
-        from them) are not counted.
+        from them) are not counted. ``weight``: (h, w) float, a factor on the gradient into each
+        pixel (see :func:`seam_scores`' ``labels``).
         """
         lum = np.asarray(lum, dtype=np.float32)
         h, w = lum.shape
@@ -148,10 +156,14 @@ class FoldedGradient:
         self._extent = [max(self._extent[0], y0 + h), max(self._extent[1], x0 + w)]
         if "x" in axes and w > 1:
             step = np.abs(np.diff(lum, axis=1))  # steps into columns x0+1 .. x0+w-1
+            if weight is not None:
+                step *= weight[:, 1:]
             both = None if keep is None else keep[:, 1:] & keep[:, :-1]
             self._accumulate("x", step, both, x0 + 1, along=0)
         if "y" in axes and h > 1:
             step = np.abs(np.diff(lum, axis=0))  # steps into rows y0+1 .. y0+h-1
+            if weight is not None:
+                step *= weight[1:]
             both = None if keep is None else keep[1:] & keep[:-1]
             self._accumulate("y", step, both, y0 + 1, along=1)
 
@@ -188,25 +200,64 @@ class FoldedGradient:
         return AxisSeam(score=score, phase=int(np.argmax(profile)), profile=profile)
 
 
-def seam_score(image: np.ndarray, period: int = DEFAULT_PERIOD, *, exclude: np.ndarray | None = None) -> SeamScore:
+def seam_score(
+    image: np.ndarray,
+    period: int = DEFAULT_PERIOD,
+    *,
+    exclude: np.ndarray | None = None,
+    labels: np.ndarray | None = None,
+    edge_distance: int = 8,
+) -> SeamScore:
     """Seam score of a whole image (H, W, 3) uint8 or (H, W) float at one period, leaving out
-    the gradients that touch ``exclude`` ((H, W) bool; e.g. :func:`near_label_edges`)."""
-    folded = FoldedGradient(period)
-    folded.add(luminance(image), exclude=exclude)
-    return folded.result()
+    the gradients that touch ``exclude`` ((H, W) bool; e.g. :func:`near_label_edges`); with
+    ``labels``, see :func:`seam_scores`."""
+    return seam_scores(image, (period,), exclude=exclude, labels=labels, edge_distance=edge_distance)[int(period)]
 
 
 def seam_scores(
-    image: np.ndarray, periods: Iterable[int] = (DEFAULT_PERIOD,), *, exclude: np.ndarray | None = None
+    image: np.ndarray,
+    periods: Iterable[int] = (DEFAULT_PERIOD,),
+    *,
+    exclude: np.ndarray | None = None,
+    labels: np.ndarray | None = None,
+    edge_distance: int = 8,
 ) -> dict[int, SeamScore]:
-    """Seam scores at several periods (e.g. the patch size and the decode tile size), keyed by period."""
+    """Seam scores at several periods (e.g. the patch size and the decode tile size), keyed by period.
+
+    ``labels`` ((H, W) classes of the layout the image was generated from): the gradients within
+    ``edge_distance`` px of a class border are left out, and each class's gradients are divided
+    by that class's mean gradient, so that classes of different texture (glass is flat, tissue
+    is not) weigh the same at every phase: on a small layout whose classes cover the phases
+    unevenly, raw gradients would peak where the busiest class is, seam or not.
+    """
     lum = luminance(image)
+    weight = None
+    if labels is not None:
+        near = near_label_edges(labels, edge_distance)
+        weight = _class_weights(lum, np.asarray(labels), near)
+        exclude = near | (weight == 0) if exclude is None else exclude | near | (weight == 0)
     out: dict[int, SeamScore] = {}
     for period in dict.fromkeys(int(p) for p in periods):
         folded = FoldedGradient(period)
-        folded.add(lum, exclude=exclude)
+        folded.add(lum, exclude=exclude, weight=weight)
         out[period] = folded.result()
     return out
+
+
+def _class_weights(lum: np.ndarray, labels: np.ndarray, near: np.ndarray) -> np.ndarray:
+    """(H, W) float32: 1 / the mean |gradient| of each pixel's class away from class borders
+    (0 for a class with no gradient there, which is then left out)."""
+    keep = ~near
+    gx, gy = np.abs(np.diff(lum, axis=1)), np.abs(np.diff(lum, axis=0))
+    kx, ky = keep[:, 1:] & keep[:, :-1], keep[1:] & keep[:-1]
+    weight = np.zeros(lum.shape, np.float32)
+    for c in np.unique(labels):
+        mx, my = kx & (labels[:, 1:] == c), ky & (labels[1:] == c)
+        count = int(mx.sum() + my.sum())
+        mean = (float(gx[mx].sum(dtype=np.float64)) + float(gy[my].sum(dtype=np.float64))) / max(count, 1)
+        if mean > 0:
+            weight[labels == c] = 1.0 / mean
+    return weight
 
 
 def near_label_edges(labels: np.ndarray, distance: int = 8) -> np.ndarray:
