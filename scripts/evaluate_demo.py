@@ -68,7 +68,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--mask-model", help="mask model folder (default: the embedded demo model)")
     p.add_argument("--work", type=Path, default=REPO / "build" / "demo-eval", help="output folder")
     p.add_argument("--layouts", nargs="+", choices=LAYOUTS, default=list(LAYOUTS))
-    p.add_argument("--omega", type=float, nargs="+", default=[3.0], help="guidance strength(s) (default 3)")
+    p.add_argument(
+        "--omega", type=float, nargs="+", help="guidance strength(s) (default: the model's default_omega, else 3)"
+    )
     p.add_argument("--steps", type=int, help="DDIM steps (default: the model's)")
     p.add_argument("--size", type=int, default=768, help="side of the disc and band layouts (px)")
     p.add_argument("--checker-square", type=int, default=512, help="side of a checkerboard square (px)")
@@ -156,7 +158,8 @@ def evaluate_image_model(args: argparse.Namespace) -> tuple[dict, dict]:
         real_glass = glass_luminance(rgb, layout)
     results: dict = {"model": model.source, "real_glass_luminance": real_glass, "layouts": {}}
     pictures: dict = {}
-    for omega in args.omega:
+    omegas = args.omega or [model.config.default_omega if model.config.default_omega is not None else 3.0]
+    for omega in omegas:
         for name, (layout, real) in layouts.items():
             image, seconds = generate(model, codec, layout, args.work, omega, args.steps, args.seed)
             segmentation = segmenter(image)
@@ -176,7 +179,7 @@ def evaluate_image_model(args: argparse.Namespace) -> tuple[dict, dict]:
             print(f"{name} omega {omega:g}: mean IoU {row['mean_iou']}, IoU {row['iou']}, glass {row['glass_luminance']}"
                   f" (real {real_glass}), seams {row['seam_score']}, {seconds:.0f} s", flush=True)  # fmt: skip
             Image.fromarray(image).save(args.work / f"{name}-omega{omega:g}.png")
-            if omega == args.omega[0]:
+            if omega == omegas[0]:
                 pictures[name] = (
                     layout,
                     image,

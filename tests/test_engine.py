@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from napari_diffinfinite import engine
-from napari_diffinfinite.errors import MaskError, SettingsError, StoreError
+from napari_diffinfinite.errors import CheckpointError, MaskError, SettingsError, StoreError
 from napari_diffinfinite.progress import Cancelled, CancelToken
 from napari_diffinfinite.slide.masks import CanvasMask, ConstantMask
 from napari_diffinfinite.slide.pyramid import downsample_image
@@ -310,3 +310,27 @@ def test_compile_setting_reaches_the_sampler(tmp_path, tiny_image_model, identit
         mask=ConstantMask(1, (256, 256)), settings=engine.GenerateSettings(steps=1, compile=True),
     )  # fmt: skip
     assert seen["compile"] is True
+
+
+def test_guidance_defaults_to_the_models_own_then_to_3(tiny_image_model):
+    """A model config's ``default_omega`` (the demo model's, tuned on held-out layouts) is the
+    job's guidance unless the request gives one; without it the engine's 3."""
+    from dataclasses import replace
+
+    from napari_diffinfinite.engine.request import resolve_omega
+    from napari_diffinfinite.model.config import ModelConfig
+
+    config = tiny_image_model.config
+    assert config.default_omega is None and resolve_omega(None, config) == 3.0
+    tuned = replace(config, default_omega=2.0)
+    assert resolve_omega(None, tuned) == 2.0 and resolve_omega(0.5, tuned) == 0.5
+    assert ModelConfig.from_dict(tuned.to_dict()).default_omega == 2.0
+    with pytest.raises(CheckpointError, match="default_omega must be a number between 0 and 50"):
+        replace(config, default_omega=-1.0)
+
+
+def test_the_embedded_demo_model_samples_with_its_tuned_guidance():
+    from napari_diffinfinite.demo import DEMO_IMAGE_OMEGA, demo_model_dir
+    from napari_diffinfinite.model.config import ModelConfig
+
+    assert ModelConfig.load(demo_model_dir("image") / "config.json").default_omega == DEMO_IMAGE_OMEGA

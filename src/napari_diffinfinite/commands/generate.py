@@ -73,7 +73,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     s = p.add_argument_group("sampling (on --resume, left out = the store's)")
     s.add_argument("--steps", type=int, help="DDIM steps (default: the model's, 250 for official models)")
-    s.add_argument("--omega", type=float, help="guidance strength omega (cond_scale = omega + 1; default 3)")
+    s.add_argument(
+        "--omega", type=float, help="guidance strength omega (cond_scale = omega + 1; default: the model's, else 3)"
+    )
     s.add_argument("--eta", type=float, help="DDIM eta in [0, 1] (default: the model's, 1)")
     s.add_argument("--seed", type=int, help="seed of the slide (default 0)")
     s.add_argument("--device", help="cuda, cuda:N, cpu or auto (default)")

@@ -47,7 +47,7 @@ from ..slide.tissue import optical_density
 from .geometry import latent_shape
 from .job import _Job, _layout, _provenance, _resolved_settings, resume_slide
 from .models import LoadedModels, dtype_name, load_models, resolve_device, resolve_dtype
-from .request import DEFAULT_OMEGA, DEFAULT_SEED, GenerateRequest, validate, validate_for_model
+from .request import DEFAULT_SEED, GenerateRequest, resolve_omega, validate, validate_for_model
 
 log = logging.getLogger(__name__)
 
@@ -229,7 +229,7 @@ def _generate(request: GenerateRequest, point, progress, cancel) -> SlideStore:
         validate_for_model(request, level.models, level.size, existing_store=point is not None)
     steps = settings.steps if settings.steps is not None else top.model.config.sampling_steps
     eta = top.model.config.eta if settings.eta is None else settings.eta
-    omega = DEFAULT_OMEGA if settings.omega is None else float(settings.omega)
+    omega = resolve_omega(settings.omega, top.model.config)
     device, dtype = resolve_device(settings.device), resolve_dtype(settings.dtype)
     described = [
         {"source": lv.model.source, "sha256": lv.model.sha256, "downscale": lv.downscale, "seed": lv.seed}

@@ -34,7 +34,7 @@ from ..slide.store import SlideStore
 from .geometry import format_size, latent_shape
 from .layout import LayoutSource, build_layout
 from .models import LoadedModels, dtype_name, load_models, resolve_device, resolve_dtype
-from .request import DEFAULT_DTYPE, DEFAULT_OMEGA, DEFAULT_SEED, GenerateRequest, GenerateSettings, validate
+from .request import DEFAULT_DTYPE, DEFAULT_SEED, GenerateRequest, GenerateSettings, resolve_omega, validate
 from .request import validate_for_model as _validate_for_model
 
 log = logging.getLogger(__name__)
@@ -283,7 +283,7 @@ def _generate(request: GenerateRequest, point: ResumePoint | None, progress: Pro
         )
     steps = settings.steps if settings.steps is not None else config.sampling_steps
     eta = config.eta if settings.eta is None else settings.eta
-    omega = getattr(config, "default_omega", DEFAULT_OMEGA) if settings.omega is None else float(settings.omega)
+    omega = resolve_omega(settings.omega, config)
     seed = DEFAULT_SEED if settings.seed is None else int(settings.seed)
     device, dtype = resolve_device(settings.device), resolve_dtype(settings.dtype)
     if point is not None:

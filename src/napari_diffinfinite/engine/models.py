@@ -210,6 +210,7 @@ def describe_model(model: DiffusionModel) -> dict[str, Any]:
         "sha256": model.sha256,
         "pixel_size_um": c.pixel_size_um,
         "sampling_steps": c.sampling_steps,
+        **({"default_omega": c.default_omega} if c.default_omega is not None else {}),
         **({"objective": c.objective} if c.objective != "pred_noise" else {}),
         **(
             {

@@ -27,10 +27,19 @@ DEFAULT_SEED = 0
 DEFAULT_DTYPE = "float32"
 
 
+def resolve_omega(omega: float | None, config: object) -> float:
+    """The guidance of a job: ``omega`` when given, else the model config's ``default_omega``
+    (the demo model's, tuned for it; a diffusers pipeline's), else :data:`DEFAULT_OMEGA`."""
+    if omega is not None:
+        return float(omega)
+    model_default = getattr(config, "default_omega", None)
+    return float(model_default) if model_default is not None else DEFAULT_OMEGA
+
+
 @dataclass
 class GenerateSettings:
     """Sampling settings. ``None`` means: the store's value on resume, else the default
-    (``steps``/``eta``: the model's; ``omega`` 3; ``seed`` 0; ``device`` auto; ``dtype``
+    (``steps``/``eta``: the model's; ``omega``: the model's ``default_omega``, else 3; ``seed`` 0; ``device`` auto; ``dtype``
     float32; ``batch_size``: from free memory). The state is saved every
     ``checkpoint_every_s`` seconds while sampling and decoding, and when interrupted.
     ``compile`` runs the network through ``torch.compile`` with static batch shapes (CUDA:

@@ -145,6 +145,8 @@ def _model_problems(c: ModelConfig) -> list[str]:
     problems += _int_problem("format_version", c.format_version, 1, FORMAT_VERSION)
     if not _is_real(c.eta) or not 0 <= c.eta <= 1:
         problems.append(f"eta must be a number between 0 and 1, got {c.eta!r:.40}")
+    if c.default_omega is not None and (not _is_real(c.default_omega) or not 0 <= c.default_omega <= 50):
+        problems.append(f"default_omega must be a number between 0 and 50 or null, got {c.default_omega!r:.40}")
     if c.pixel_size_um is not None and (not _is_real(c.pixel_size_um) or c.pixel_size_um <= 0):
         problems.append(f"pixel_size_um must be a positive number or null, got {c.pixel_size_um!r:.40}")
     if c.num_labels is not None:
@@ -303,6 +305,7 @@ class ModelConfig:
     objective: str = "pred_noise"
     sampling_steps: int = 250
     eta: float = 1.0
+    default_omega: float | None = None  # guidance the model samples with by default (None: the engine's, 3)
     pixel_size_um: float | None = None
     num_labels: int | None = None
     condition_names: list[str] | None = None

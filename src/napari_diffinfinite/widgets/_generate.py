@@ -176,13 +176,15 @@ class GenerateWidget(QWidget):
         self.calibrate()  # models loaded before this widget opened
 
     def _on_models_changed(self) -> None:
-        """Default the number of steps to what the loaded model was trained to sample with,
-        and time the model on its device for the estimate."""
+        """Default the number of steps (and the guidance, where the model has its own) to what the
+        loaded model was trained to sample with, and time the model on its device for the estimate."""
         info = self.state.image_info or {}
         steps = info.get("sampling_steps")
         if steps:
             self.steps.setValue(int(steps))
         self._show_prompts()
+        if info.get("family") != "diffusers" and info.get("default_omega") is not None:
+            self.omega.setValue(float(info["default_omega"]))
         self.calibrate()
 
     def _show_prompts(self) -> None:
