@@ -422,7 +422,7 @@ class MaskCanvasWidget(QWidget):
         self.status.setText(f"{what or 'Working'}…")
         self.worker = start_worker(
             func, *args, on_result=on_result,
-            on_error=lambda exc: notify_error(exc, what), on_finished=self._on_finished, **kwargs,
+            on_error=lambda exc: notify_error(exc, what), on_finished=self._on_finished, owner=self, **kwargs,
         )  # fmt: skip
         return self.worker
 

@@ -282,7 +282,7 @@ class ExportWidget(QWidget):
         self.worker = start_worker(
             export_slide, src, out, self.fmt(), region,
             overwrite=overwrite, progress=relay, cancel=self.cancel_token,
-            on_result=self._on_done, on_error=self._on_error, on_finished=self._on_finished,
+            on_result=self._on_done, on_error=self._on_error, on_finished=self._on_finished, owner=self,
         )  # fmt: skip
         return self.worker
 

@@ -252,8 +252,9 @@ class GenerateWidget(QWidget):
             self._calibration_worker = None
 
         self._calibration_worker = start_worker(
-            calibrate, model, self.state.image_codec, settings, on_result=done, on_error=failed, on_finished=finished
-        )
+            calibrate, model, self.state.image_codec, settings, on_result=done, on_error=failed, on_finished=finished,
+            owner=self,
+        )  # fmt: skip
         return self._calibration_worker
 
     def estimated_seconds(self) -> float | None:
@@ -406,7 +407,7 @@ class GenerateWidget(QWidget):
                             f"({size[0]:,} × {size[1]:,} px)…")  # fmt: skip
         self.worker = start_worker(
             run_generation, request, progress=relay, cancel=self.cancel_token,
-            on_result=self._on_done, on_error=self._on_error, on_finished=self._on_finished,
+            on_result=self._on_done, on_error=self._on_error, on_finished=self._on_finished, owner=self,
         )  # fmt: skip
         return self.worker
 

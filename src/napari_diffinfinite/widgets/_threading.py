@@ -23,6 +23,7 @@ from typing import Any
 
 from napari.qt.threading import FunctionWorker, create_worker
 from napari.utils.notifications import show_error, show_info
+from qtpy.compat import isalive
 from qtpy.QtCore import QObject, Signal
 
 from ..progress import Cancelled, ProgressEvent
@@ -65,25 +66,43 @@ def notify_error(exc: BaseException, what: str = "") -> None:
     show_error(f"{prefix}{gui_message(exc)}")
 
 
+def while_alive(owner: QObject, callback: Callable[..., None]) -> Callable[..., None]:
+    """``callback``, skipped once the Qt object ``owner`` has been deleted."""
+
+    def call(*args: Any) -> None:
+        if isalive(owner):
+            callback(*args)
+
+    return call
+
+
 def start_worker(
     func: Callable[..., Any],
     *args: Any,
     on_result: Callable[[Any], None] | None = None,
     on_error: Callable[[BaseException], None] | None = None,
     on_finished: Callable[[], None] | None = None,
+    owner: QObject | None = None,
     **kwargs: Any,
 ) -> FunctionWorker:
     """Run ``func(*args, **kwargs)`` in napari's thread pool and return its worker.
 
     Errors never propagate as tracebacks: they go to ``on_error`` (default:
     :func:`notify_error`). ``on_finished`` runs after success, error or cancel alike.
+    ``owner``: the widget the callbacks update; they are skipped once it has been deleted (a
+    worker that outlives its widget, e.g. napari closed while a model was being timed, would
+    otherwise touch deleted Qt objects).
     """
     worker = create_worker(func, *args, _start_thread=False, _ignore_errors=True, **kwargs)
+
+    def guarded(callback: Callable[..., None]) -> Callable[..., None]:
+        return callback if owner is None else while_alive(owner, callback)
+
     if on_result is not None:
-        worker.returned.connect(on_result)
-    worker.errored.connect(on_error if on_error is not None else notify_error)
+        worker.returned.connect(guarded(on_result))
+    worker.errored.connect(guarded(on_error) if on_error is not None else notify_error)
     if on_finished is not None:
-        worker.finished.connect(on_finished)
+        worker.finished.connect(guarded(on_finished))
     worker.start()
     return worker
 
