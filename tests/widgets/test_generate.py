@@ -341,3 +341,19 @@ def test_the_widget_job_adapts_torch_threads_as_the_cli_does(monkeypatch):
         torch.set_num_threads(before)
     assert isinstance(seen[0], threads.AdaptiveThreads)
     assert [e.done for e in passed] == [1]  # the widget's own callback still gets every event
+
+
+def test_guidance_follows_the_loaded_models_default(ready, qtbot):
+    """ω takes the loaded model's ``default_omega`` (the demo's 2) and goes back to 3 for a model
+    without one, as the engine does when no ω is given."""
+    generate, _canvas = ready
+    qtbot.waitUntil(lambda: generate._calibration_worker is None, timeout=TIMEOUT_MS)  # nothing left running
+    assert generate.omega.value() == 3.0  # the tiny test model has no default_omega
+    info = dict(generate.state.image_info)
+    generate.state.image_info = {**info, "default_omega": 1.5}
+    generate._on_models_changed()
+    assert generate.omega.value() == 1.5
+    generate.state.image_info = info
+    generate._on_models_changed()
+    assert generate.omega.value() == 3.0
+    qtbot.waitUntil(lambda: generate._calibration_worker is None, timeout=TIMEOUT_MS)

@@ -183,8 +183,11 @@ class GenerateWidget(QWidget):
         if steps:
             self.steps.setValue(int(steps))
         self._show_prompts()
-        if info.get("family") != "diffusers" and info.get("default_omega") is not None:
-            self.omega.setValue(float(info["default_omega"]))
+        if info.get("family") != "diffusers":  # the model's own guidance, else DiffInfinite's omega 3
+            from ..engine.request import DEFAULT_OMEGA
+
+            omega = info.get("default_omega")
+            self.omega.setValue(float(omega) if omega is not None else DEFAULT_OMEGA)
         self.calibrate()
 
     def _show_prompts(self) -> None:
