@@ -170,7 +170,7 @@ def evaluate_image_model(args: argparse.Namespace) -> tuple[dict, dict]:
                 # the layout's class borders are drawn on purpose (and lie on multiples of the
                 # period in the band and checkerboard): left out, as `diffinfinite evaluate` does
                 "seam_score": round(
-                    seam_score(image, period=model.config.patch_size, labels=layout, edge_distance=8).score, 4
+                    seam_score(image, period=model.config.patch_size, labels=layout).score, 4
                 ),
                 "seconds": round(seconds, 1),
             }  # fmt: skip

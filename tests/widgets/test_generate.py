@@ -3,6 +3,7 @@ Cancel stops the worker within a batch and Resume finishes the same slide."""
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 
 import numpy as np
@@ -349,11 +350,12 @@ def test_guidance_follows_the_loaded_models_default(ready, qtbot):
     generate, _canvas = ready
     qtbot.waitUntil(lambda: generate._calibration_worker is None, timeout=TIMEOUT_MS)  # nothing left running
     assert generate.omega.value() == 3.0  # the tiny test model has no default_omega
-    info = dict(generate.state.image_info)
-    generate.state.image_info = {**info, "default_omega": 1.5}
+    model = generate.state.image_model
+    config = model.config
+    model.config = dataclasses.replace(config, default_omega=1.5)
     generate._on_models_changed()
     assert generate.omega.value() == 1.5
-    generate.state.image_info = info
+    model.config = config
     generate._on_models_changed()
     assert generate.omega.value() == 3.0
     qtbot.waitUntil(lambda: generate._calibration_worker is None, timeout=TIMEOUT_MS)

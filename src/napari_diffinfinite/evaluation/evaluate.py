@@ -29,6 +29,7 @@ from ..errors import DiffInfiniteError
 from ..progress import CancelToken, ProgressCallback, ProgressEvent
 from .distances import fid_from_features, inception_score, kernel_distance, precision_recall
 from .features import FeatureExtractor, extract_features, load_feature_extractor
+from .seams import DEFAULT_EDGE_DISTANCE
 from .tiles import SlideSource, TileSample, sample_tiles
 
 __all__ = ["EvaluationSettings", "EvaluationResult", "evaluate"]
@@ -61,7 +62,7 @@ class EvaluationSettings:
     ct_cells: int = 5
     seams: bool = True
     seam_periods: tuple[int, ...] = (128,)
-    seam_edge_distance: int = 8  # px around the layout's class borders left out of the seam score
+    seam_edge_distance: int = DEFAULT_EDGE_DISTANCE  # px around the layout's class borders left out of the seam score
     adherence: bool = True
     class_map: dict[str, str] | None = None  # model class -> heuristic class; None = glass vs tissue
     segmenter: str = "he"

@@ -39,6 +39,7 @@ import numpy as np
 from ..errors import DiffInfiniteError
 
 __all__ = [
+    "DEFAULT_EDGE_DISTANCE",
     "DEFAULT_PERIOD",
     "AxisSeam",
     "SeamScore",
@@ -51,6 +52,7 @@ __all__ = [
 ]
 
 DEFAULT_PERIOD = 128
+DEFAULT_EDGE_DISTANCE = 8  # px around a layout's class borders left out of the score
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32) / 255.0
 
 
@@ -206,7 +208,7 @@ def seam_score(
     *,
     exclude: np.ndarray | None = None,
     labels: np.ndarray | None = None,
-    edge_distance: int = 8,
+    edge_distance: int = DEFAULT_EDGE_DISTANCE,
 ) -> SeamScore:
     """Seam score of a whole image (H, W, 3) uint8 or (H, W) float at one period, leaving out
     the gradients that touch ``exclude`` ((H, W) bool; e.g. :func:`near_label_edges`); with
@@ -220,7 +222,7 @@ def seam_scores(
     *,
     exclude: np.ndarray | None = None,
     labels: np.ndarray | None = None,
-    edge_distance: int = 8,
+    edge_distance: int = DEFAULT_EDGE_DISTANCE,
 ) -> dict[int, SeamScore]:
     """Seam scores at several periods (e.g. the patch size and the decode tile size), keyed by period.
 
@@ -260,7 +262,7 @@ def _class_weights(lum: np.ndarray, labels: np.ndarray, near: np.ndarray) -> np.
     return weight
 
 
-def near_label_edges(labels: np.ndarray, distance: int = 8) -> np.ndarray:
+def near_label_edges(labels: np.ndarray, distance: int = DEFAULT_EDGE_DISTANCE) -> np.ndarray:
     """(H, W) bool: the pixels within ``distance`` px (a square neighbourhood) of a pixel of
     another class in the (H, W) integer ``labels``; for ``exclude``, so that the class borders a
     layout asks for are not scored as seams."""
@@ -279,7 +281,7 @@ def seam_score_of_regions(
     tile: int = 2048,
     progress: Callable[[int, int], None] | None = None,
     read_labels: Callable[[int, int, int, int], np.ndarray] | None = None,
-    edge_distance: int = 8,
+    edge_distance: int = DEFAULT_EDGE_DISTANCE,
 ) -> dict[int, SeamScore]:
     """Seam scores of an image too large to hold, read as tiles.
 

@@ -183,11 +183,11 @@ class GenerateWidget(QWidget):
         if steps:
             self.steps.setValue(int(steps))
         self._show_prompts()
-        if info.get("family") != "diffusers":  # the model's own guidance, else DiffInfinite's omega 3
-            from ..engine.request import DEFAULT_OMEGA
+        model = self.state.image_model
+        if model is not None and info.get("family") != "diffusers":  # the engine's rule: the model's own, else 3
+            from ..engine.request import resolve_omega
 
-            omega = info.get("default_omega")
-            self.omega.setValue(float(omega) if omega is not None else DEFAULT_OMEGA)
+            self.omega.setValue(resolve_omega(None, model.config))
         self.calibrate()
 
     def _show_prompts(self) -> None:
