@@ -31,7 +31,8 @@ def halo(widths_px: list[int], ranks: int, steps: int, dtype_bytes: int) -> list
     from napari_diffinfinite.sampling.distributed import Bands, window_rows
     from napari_diffinfinite.sampling.grid import step_grid
     from napari_diffinfinite.sampling.noise import grid_offset
-    from napari_diffinfinite.sampling.sampler import CONTEXT_FROM, default_context
+    from napari_diffinfinite.sampling.sampler import default_context, has_context
+    from napari_diffinfinite.sampling.schedule import Schedule
 
     patch, channels, scale = 64, 4, 8
     rows = []
@@ -40,8 +41,9 @@ def halo(widths_px: list[int], ranks: int, steps: int, dtype_bytes: int) -> list
         h = max(ranks * 64, 4 * 64)  # the halo does not depend on the height
         bands = Bands.split(h, ranks, 64)
         sent = []
+        schedule = Schedule(steps)
         for k in range(steps):
-            context = default_context(patch) if k >= np.ceil(CONTEXT_FROM * steps) else 0
+            context = default_context(patch) if has_context(schedule, k) else 0
             grid = step_grid((h, patch), patch, grid_offset(0, k, patch), context)  # one column: rows only
             needs = [window_rows(grid, bands.rows(r)) for r in range(ranks)]
             border = 0  # rows crossing the border between bands 0 and 1, both directions

@@ -14,9 +14,12 @@ What it writes into ``WORK`` (default ``build/demo-cascade``):
 * ``cascade.json``: ``{"models": [demo image model, stage/model]}``, for
   ``diffinfinite generate --cascade WORK/cascade.json``;
 * ``report.json``: steps, losses, times and the machine;
-* with ``--generate``: a small cascade slide and a single-scale slide of the same size from the
-  same layout (``cascade.zarr``, ``single.zarr``), for a Patch-FID comparison with
-  ``diffinfinite evaluate`` (see docs/cascade.md).
+* with ``--baseline``: instead, the single-scale baseline ``single/model``: the same
+  architecture, objective, data and steps at the stage's magnification (1 um/px), without the
+  lower level's condition, so that a comparison isolates what the cascade adds;
+* with ``--generate``: a cascade slide and a baseline slide (``cascade.zarr``, ``single.zarr``)
+  on the training slide's own layout at 1 um/px, the same seed, for a Patch-FID comparison
+  with the real slide read at the same pixel size (``diffinfinite evaluate``, docs/cascade.md).
 
 The weights are not shipped with the package (see docs/cascade.md for why and for the commands).
 """
@@ -55,8 +58,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --work")
-    p.add_argument("--generate", type=int, default=0, metavar="SIDE",
-                   help="then generate a SIDE x SIDE cascade slide and a single-scale one (0: none)")  # fmt: skip
+    p.add_argument("--baseline", action="store_true",
+                   help="train the single-scale baseline (no lower-level condition) into WORK/single")  # fmt: skip
+    p.add_argument("--generate", action="store_true",
+                   help="generate the cascade and baseline slides on the training layout (skips training)")  # fmt: skip
     return p.parse_args(argv)
 
 
@@ -72,18 +77,36 @@ def stage_config(pixel_size_um: float) -> ModelConfig:
     return ModelConfig.from_dict(data)
 
 
+def baseline_config(pixel_size_um: float) -> ModelConfig:
+    """The stage without its condition: the single-scale model a cascade is compared with."""
+    data = demo_image_config().to_dict()
+    data.update(
+        objective="pred_v", pixel_size_um=round(pixel_size_um, 3),
+        description="napari-diffinfinite demo single-scale baseline: the cascade stage's architecture, objective "
+        "and data at 1 um/px, without the lower level's condition",
+    )  # fmt: skip
+    return ModelConfig.from_dict(data)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
+    if args.generate:
+        report = json.loads((work / "report.json").read_text()) if (work / "report.json").exists() else {}
+        report["generate"] = generate_pair(work)
+        (work / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+        print(json.dumps(report["generate"], indent=2))
+        return 0
     slide = demo_data.demo_slide()
     downsample = demo_data.DEMO_DOWNSAMPLE // SCALE  # the slide read at twice the demo magnification
     rgb, pixel_size = demo_data.read_slide_rgb(slide, demo_data.DEMO_DOWNSAMPLE)
     derived = demo_data.derive_labels(rgb, pixel_size)
     geojson = demo_data.write_geojson(derived.labels, work / "cmu_small_region.geojson", demo_data.DEMO_DOWNSAMPLE)
-    config = stage_config(pixel_size / SCALE)
+    config = (baseline_config if args.baseline else stage_config)(pixel_size / SCALE)
+    run = work / ("single" if args.baseline else "stage")
     sources = build_sources(config, slides=[slide], annotations=[geojson], downsample=downsample)
     dataset = build_dataset(config, sources, min_tissue=0.02, crop_size=args.crop)
     settings = TrainSettings(
@@ -91,14 +114,16 @@ def main(argv: list[str] | None = None) -> int:
         mask_mode="per-label-loss", cond_drop_prob=0.15, checkpoint_every=250, num_samples=4, sample_steps=25,
         ema_update_every=1, seed=0, max_minutes=args.max_minutes, log_every=20,
     )  # fmt: skip
-    print(f"cascade stage: {dataset.summary()}")
+    print(f"{'single-scale baseline' if args.baseline else 'cascade stage'}: {dataset.summary()}")
     started = time.perf_counter()
-    result = run_training(new_model(config, seed=0), dataset, settings, work / "stage", device=args.device,
+    result = run_training(new_model(config, seed=0), dataset, settings, run, device=args.device,
                           resume=args.resume, metadata={"data": {"slide": str(slide), "downsample": downsample}})  # fmt: skip
-    log = [json.loads(line) for line in (work / "stage" / "train-log.jsonl").read_text().splitlines()]
+    log = [json.loads(line) for line in (run / "train-log.jsonl").read_text().splitlines()]
     losses = [row["loss"] for row in log if "loss" in row]
     cascade_file = work / "cascade.json"
-    cascade_file.write_text(json.dumps({"models": [str(demo_model_dir("image")), "stage/model"]}, indent=2) + "\n")
+    if not args.baseline:
+        models = {"models": [str(demo_model_dir("image")), "stage/model"]}
+        cascade_file.write_text(json.dumps(models, indent=2) + "\n")
     report = {
         "steps": result.step, "stopped": result.stopped, "seconds": round(time.perf_counter() - started, 1),
         "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
@@ -106,23 +131,37 @@ def main(argv: list[str] | None = None) -> int:
         "machine": f"{platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads",
         "cascade_file": str(cascade_file),
     }  # fmt: skip
-    if args.generate:
-        report["generate"] = generate_pair(work, cascade_file, args.generate)
-    (work / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    name = "baseline-report.json" if args.baseline else "report.json"
+    (work / name).write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
     return 0
 
 
-def generate_pair(work: Path, cascade_file: Path, side: int) -> dict:
-    """A cascade slide and a single-scale slide (the demo image model) from one layout label map."""
-    timings = {}
-    common = ["--size", f"{side}x{side}", "--label", "2", "--seed", "0", "-q", "--overwrite"]
+def generate_pair(work: Path) -> dict:
+    """The cascade slide and the baseline slide on the training slide's own layout at 1 um/px.
+
+    The layout is the slide's derived labels (2 um/px) read at twice their resolution, so both
+    slides have the real slide's class proportions and shapes and Patch-FID against the real
+    slide at 1 um/px compares texture and structure, not layouts. Same seed for both.
+    """
+    from PIL import Image
+
+    for needed in (work / "cascade.json", work / "single" / "model"):
+        if not needed.exists():
+            raise SystemExit(f"{needed} is missing: train the stage and the baseline (--baseline) first")
+    rgb, pixel_size = demo_data.read_slide_rgb(demo_data.demo_slide(), demo_data.DEMO_DOWNSAMPLE)
+    labels = demo_data.derive_labels(rgb, pixel_size).labels.repeat(SCALE, 0).repeat(SCALE, 1)
+    layout = work / "layout-1um.png"
+    Image.fromarray(labels.astype("uint8")).save(layout)
+    h, w = labels.shape
+    common = ["--size", f"{w}x{h}", "--mask", str(layout), "--seed", "0", "-q", "--overwrite"]
     cli = [sys.executable, "-m", "napari_diffinfinite"]
-    for name, models in (("cascade", ["--cascade", str(cascade_file)]), ("single", [])):
+    timings = {}
+    for name, models in (("cascade", ["--cascade", str(work / "cascade.json")]), ("single", ["--model", str(work / "single" / "model")])):  # fmt: skip
         started = time.perf_counter()
         subprocess.run([*cli, "generate", "--out", str(work / f"{name}.zarr"), *models, *common], check=True)
         timings[name] = round(time.perf_counter() - started, 1)
-    return {"side": side, "seconds": timings}
+    return {"size": [w, h], "layout": str(layout), "seconds": timings}
 
 
 if __name__ == "__main__":

@@ -69,6 +69,37 @@ def test_evaluate_refuses_an_existing_folder_and_missing_weights(
     assert not (tmp_path / "new").exists()
 
 
+def test_evaluate_compares_slides_at_one_pixel_size(tmp_path, cmu_svs, capsys):
+    """A 2 um/px synthetic slide against the 0.499 um/px scan: the scan is read at 2 um/px."""
+    from napari_diffinfinite.slide.store import SlideStore
+
+    coarse = tmp_path / "coarse.zarr"
+    store = SlideStore.create(
+        coarse, (512, 512), class_names=["unknown", "tissue"], class_colors=[(0, 0, 0), (200, 100, 150)],
+        pixel_size_um=2.0, provenance={"seed": 0},
+    )  # fmt: skip
+    store.write_tile(0, 0, np.broadcast_to(np.array([180, 90, 160], np.uint8)[:, None, None], (3, 512, 512)).copy())
+    store.mark_complete()
+    common = [
+        "evaluate", "--real", str(cmu_svs), "--synthetic", str(coarse), "--tiles", "6", "--tile-size", "64",
+        "--features", "random", "--kid-subsets", "2", "--kid-subset-size", "6", "--device", "cpu", "--quiet",
+        "--no-seams", "--no-adherence",
+    ]  # fmt: skip
+    assert main([*common, "--out", str(tmp_path / "auto")]) == 0
+    metrics = json.loads((tmp_path / "auto" / "metrics.json").read_text())
+    assert metrics["pixel_size"]["compared_at_um"] == 2.0
+    assert metrics["pixel_size"]["slides_um"] == {str(cmu_svs): pytest.approx(0.499, abs=0.001), str(coarse): 2.0}
+    assert "compared at 2 um/px" in capsys.readouterr().out
+    assert main([*common, "--out", str(tmp_path / "native"), "--pixel-size", "native"]) == 0
+    native = json.loads((tmp_path / "native" / "metrics.json").read_text())
+    assert native["pixel_size"]["compared_at_um"] is None
+    assert native["quality"]["fid"] != metrics["quality"]["fid"]  # other real tiles: 4x the magnification
+    assert main([*common, "--out", str(tmp_path / "finer"), "--pixel-size", "1"]) == 1
+    err = capsys.readouterr().err
+    assert "coarse.zarr has 2 um/px, coarser than the 1 um/px" in err and "--pixel-size 2" in err
+    assert not (tmp_path / "finer").exists()
+
+
 def test_study_export_and_score(tmp_path, cmu_svs, synthetic_store, capsys):
     folder = tmp_path / "study"
     argv = ["study", "export", "--real", str(cmu_svs), "--synthetic", str(synthetic_store), "--out", str(folder)]

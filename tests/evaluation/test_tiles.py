@@ -8,7 +8,7 @@ from PIL import Image
 
 from napari_diffinfinite.errors import DiffInfiniteError
 from napari_diffinfinite.evaluation.patches import crop_specs, matched_crops
-from napari_diffinfinite.evaluation.tiles import open_source, sample_tiles
+from napari_diffinfinite.evaluation.tiles import ResampledSlideSource, match_pixel_size, open_source, sample_tiles
 from tests.slide.conftest import make_store
 
 
@@ -78,3 +78,41 @@ def test_patch_crops_are_matched_and_multiscale(store_path):
     )
     got = crops[specs.index(big)]
     assert np.abs(got.astype(int) - expected.astype(int)).mean() < 6  # read from a coarser level, same picture
+
+
+def _store_at(path, pixel_size_um, shape=(256, 320)):
+    from napari_diffinfinite.slide.store import SlideStore
+
+    store = SlideStore.create(
+        path, shape, class_names=["unknown", "tissue"], class_colors=[(0, 0, 0), (200, 100, 150)],
+        pixel_size_um=pixel_size_um, provenance={"seed": 0},
+    )  # fmt: skip
+    rng = np.random.default_rng(1)
+    store.write_tile(0, 0, rng.integers(0, 256, (3, *shape), dtype=np.uint8))
+    store.mark_complete()
+    return path
+
+
+def test_a_resampled_slide_is_the_block_mean_of_the_slide(tmp_path):
+    source = open_source(_store_at(tmp_path / "fine.zarr", 0.5))
+    coarse = ResampledSlideSource(source, 2.0)
+    assert coarse.level_shapes[0] == (128, 160) and coarse.pixel_size_um == 1.0
+    full = source.read(0, 0, 256, 0, 320).astype(float)
+    block_mean = full.reshape(128, 2, 160, 2, 3).mean(axis=(1, 3))
+    got = coarse.read(0, 10, 74, 20, 100)
+    assert got.shape == (64, 80, 3)
+    assert np.abs(got - block_mean[10:74, 20:100]).max() <= 1  # PIL's fixed-point box filter, rounded to uint8
+
+
+def test_slides_are_matched_to_one_pixel_size(tmp_path):
+    fine = open_source(_store_at(tmp_path / "fine.zarr", 0.5))
+    same = open_source(_store_at(tmp_path / "same.zarr", 1.02))  # within 5 %: kept as it is
+    unknown = open_source(_store_at(tmp_path / "unknown.zarr", None))
+    matched, notes = match_pixel_size([fine, same, unknown], 1.0)
+    assert isinstance(matched[0], ResampledSlideSource) and matched[0].factor == 2.0
+    assert matched[1] is same and matched[2] is unknown
+    assert len(notes) == 1 and "unknown pixel size" in notes[0] and "unknown.zarr" in notes[0]
+    with pytest.raises(DiffInfiniteError, match="coarser than the 0.25 um/px.*--pixel-size 0.5"):
+        match_pixel_size([fine], 0.25)
+    tiles = sample_tiles(matched[:1], 4, size=64, include_glass=True)
+    assert all(t.shape == (64, 64, 3) for t in tiles)  # tiles of 64 px at 1 um/px: 128 px of the slide each

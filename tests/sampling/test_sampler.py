@@ -185,7 +185,7 @@ def test_cell_context_keeps_window_borders_out_of_written_cells():
 
 def test_cell_context_applies_from_its_share_of_the_schedule():
     default = RandomPatchSampler(PointwiseNetwork(), channels=4, patch=32, steps=10, batch_size=4)
-    assert [default.context(k) for k in range(10)] == [2] * 10  # patch / 16 at every step
+    assert [default.context(k) for k in range(10)] == [2] * 10  # patch / 16 at every step of 10
     sampler = RandomPatchSampler(
         PointwiseNetwork(), channels=4, patch=32, steps=10, batch_size=4, context=4, context_from=0.6
     )
@@ -195,15 +195,34 @@ def test_cell_context_applies_from_its_share_of_the_schedule():
         RandomPatchSampler(PointwiseNetwork(), channels=4, patch=8, batch_size=4, context=4)
 
 
-def test_patches_per_run_matches_what_the_sampler_evaluates():
+def test_cells_go_without_context_only_where_the_x0_prediction_barely_enters_the_latent():
+    """Context is skipped at steps whose x0 weight sqrt(alpha_bar_next) is under 0.05: none of
+    25 steps (the seams measurement), the first of 50, the first 8 of 250; never the final step."""
+    from napari_diffinfinite.sampling.sampler import CONTEXT_MIN_SIGNAL, x0_weight
+
+    def without(steps):
+        sampler = RandomPatchSampler(PointwiseNetwork(), channels=4, patch=32, steps=steps, batch_size=4)
+        return [k for k in range(steps) if sampler.context(k) == 0]
+
+    assert without(8) == without(25) == []
+    assert without(50) == [0]
+    assert without(250) == list(range(8))
+    schedule = RandomPatchSampler(PointwiseNetwork(), channels=4, patch=32, steps=250, batch_size=4).schedule
+    assert x0_weight(schedule[7]) < CONTEXT_MIN_SIGNAL <= x0_weight(schedule[8])
+    assert x0_weight(schedule[249]) == 1.0  # the final step returns x0 itself
+
+
+@pytest.mark.parametrize("steps", [10, 50])
+def test_patches_per_run_matches_what_the_sampler_evaluates(steps):
     from napari_diffinfinite.benchmarks.overhead import ZeroCostNetwork
     from napari_diffinfinite.sampling.sampler import patches_per_run
 
-    shape, steps = (150, 211), 10
+    shape = (150, 211)
     sampler = RandomPatchSampler(ZeroCostNetwork(), channels=4, patch=32, steps=steps, seed=3)
     sampler.run(sampler.initial_state(shape), np.ones(shape, np.uint8))
     done = sum(sampler.stats.patches_per_step)
-    assert sampler.stats.patches_per_step[-1] > sampler.stats.patches_per_step[0]  # late cells are smaller
+    if steps == 50:  # step 0 of 50 has no context: its cells fill their windows, fewer patches
+        assert sampler.stats.patches_per_step[0] < min(sampler.stats.patches_per_step[1:])
     assert abs(patches_per_run(shape, 32, steps) - done) <= 0.1 * done
 
 

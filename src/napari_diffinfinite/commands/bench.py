@@ -60,6 +60,10 @@ def _overhead(args: argparse.Namespace, device: str) -> int:
     return 0
 
 
+def _x(speedup: float | None) -> str:
+    return "not timed" if speedup is None else f"{speedup:.2f}x"
+
+
 def run(args: argparse.Namespace) -> int:
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     if args.overhead:
@@ -76,6 +80,8 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"\nlargest slide {summary['size']}²: {summary['evals_per_step']:.1f} patch evaluations/step, "
             f"ideal {summary['ideal_evals_per_step']:.1f} ({summary['evals_vs_ideal']:.2f}x); "
-            f"speed-up vs sequential: {summary['speedup_vs_sequential']}; peak RSS {summary['peak_rss_mb']:.0f} MB"
+            f"speed-up vs sequential: {_x(summary['speedup_vs_sequential'])} (step 0), "
+            f"{_x(summary['speedup_vs_sequential_with_context'])} (a step with cell context), "
+            f"{_x(summary['speedup_vs_sequential_per_run'])} over a 250-step run; peak RSS {summary['peak_rss_mb']:.0f} MB"
         )
     return 0

@@ -35,6 +35,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     t.add_argument("--tiles", type=int, default=256, help="tiles per set (default 256; use thousands for papers)")
     t.add_argument("--tile-size", type=int, default=256, help="tile side in pixels (default 256)")
     t.add_argument("--level", type=int, default=0, help="pyramid level to sample at (default 0 = full resolution)")
+    t.add_argument("--pixel-size", default="auto", metavar="UM|auto|native",
+                   help="compare every slide at this many microns per pixel, finer slides box-filtered down "
+                   "(default auto: the coarsest slide's pixel size when they differ; native: as they are)")  # fmt: skip
     t.add_argument("--seed", type=int, default=0, help="seed of the tile positions and random subsets (default 0)")
     t.add_argument("--include-glass", action="store_true", help="also sample tiles that are mostly glass")
     t.add_argument("--min-tissue", type=float, default=0.5, help="least tissue fraction of a tile (default 0.5)")
@@ -76,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     from ..evaluation.report import summary_lines, write_report
 
     settings = EvaluationSettings(
-        tiles=args.tiles, tile_size=args.tile_size, level=args.level, seed=args.seed,
+        tiles=args.tiles, tile_size=args.tile_size, level=args.level, pixel_size=args.pixel_size, seed=args.seed,
         include_glass=args.include_glass, min_tissue=args.min_tissue, features=args.features,
         inception_weights=args.inception_weights, trust_torchscript=args.trust_torchscript,
         feature_input_size=args.feature_input_size, batch_size=args.batch_size, device=args.device,

@@ -11,6 +11,9 @@ features once per set (:mod:`.features`), and computes, as asked:
 * for synthetic slide stores: the seam score at each period (:mod:`.seams`) and the
   layout adherence to the stored labels (:mod:`.adherence`).
 
+Slides are compared at one pixel size (``pixel_size``: by default the coarsest pixel size
+among the slides when they differ; see :func:`.tiles.match_pixel_size`).
+
 It returns a JSON-ready dict; :mod:`.report` writes it with pictures. Everything is
 reproducible for a given seed (tile positions, crop specs, KID subsets, k-means cells).
 """
@@ -27,10 +30,10 @@ import numpy as np
 from .. import __version__
 from ..errors import DiffInfiniteError
 from ..progress import CancelToken, ProgressCallback, ProgressEvent
-from .distances import fid_from_features, inception_score, kernel_distance, precision_recall
+from .distances import EvaluationError, fid_from_features, inception_score, kernel_distance, precision_recall
 from .features import FeatureExtractor, extract_features, load_feature_extractor
 from .seams import DEFAULT_EDGE_DISTANCE
-from .tiles import SlideSource, TileSample, sample_tiles
+from .tiles import PIXEL_SIZE_TOLERANCE, SlideSource, TileSample, match_pixel_size, open_source, sample_tiles
 
 __all__ = ["EvaluationSettings", "EvaluationResult", "evaluate"]
 
@@ -44,6 +47,7 @@ class EvaluationSettings:
     tiles: int = 256
     tile_size: int = 256
     level: int = 0
+    pixel_size: str | float = "auto"  # um/px to compare at; "auto": the coarsest slide's when they differ; "native"
     seed: int = 0
     include_glass: bool = False
     min_tissue: float = 0.5
@@ -170,6 +174,28 @@ def _store_checks(sample: TileSample, settings: EvaluationSettings, stages: _Sta
     return out
 
 
+def compare_pixel_size(setting: str | float, sources) -> float | None:
+    """The pixel size (um/px) to compare ``sources`` at, or None to read every slide as it is.
+
+    ``"native"``: None. ``"auto"``: the coarsest pixel size among the slides that state one,
+    when they differ by more than ``PIXEL_SIZE_TOLERANCE``. A number: that pixel size.
+    """
+    if setting == "native":
+        return None
+    if setting != "auto":
+        try:
+            value = float(setting)
+        except (TypeError, ValueError):
+            value = float("nan")
+        if not np.isfinite(value) or value <= 0:
+            raise EvaluationError(f"pixel size must be 'auto', 'native' or microns per pixel > 0, not {setting!r}")
+        return value
+    known = [s.pixel_size_um for s in sources if isinstance(s, SlideSource) and s.pixel_size_um is not None]
+    if not known or max(known) <= min(known) * (1 + PIXEL_SIZE_TOLERANCE):
+        return None
+    return max(known)
+
+
 def evaluate(
     real: Paths,
     synthetic: Paths,
@@ -190,10 +216,14 @@ def evaluate(
     started = time.time()
     metrics: dict = {"software": f"napari-diffinfinite {__version__}", "settings": asdict(settings)}
 
-    def draw(paths: Paths, name: str) -> TileSample:
+    sets = {"real": real, "synthetic": synthetic, "training": training, "held_out": held_out}
+    opened: dict[str, list] = {}
+    samples: dict[str, TileSample] = {}
+
+    def draw(sources: list, name: str) -> TileSample:
         stages("sample", 0, 1, name)
         return sample_tiles(
-            paths,
+            sources,
             settings.tiles,
             size=settings.tile_size,
             level=settings.level,
@@ -203,14 +233,26 @@ def evaluate(
             progress=lambda d, t: stages("sample", d, t, name),
         )
 
-    samples: dict[str, TileSample] = {}
     try:
-        samples["real"] = draw(real, "real")
-        samples["synthetic"] = draw(synthetic, "synthetic")
-        if training:
-            samples["training"] = draw(training, "training")
-        if held_out:
-            samples["held_out"] = draw(held_out, "held-out")
+        for key, paths in sets.items():
+            opened[key] = []
+            for path in paths:
+                opened[key].append(open_source(path))
+        everything = [source for sources in opened.values() for source in sources]
+        target = compare_pixel_size(settings.pixel_size, everything)
+        metrics["pixel_size"] = {
+            "setting": settings.pixel_size,
+            "compared_at_um": target,
+            "slides_um": {str(s.path): s.pixel_size_um for s in everything if isinstance(s, SlideSource)},
+        }
+        notes: dict[str, list[str]] = {}
+        if target is not None:
+            for key in opened:
+                opened[key], notes[key] = match_pixel_size(opened[key], target)
+        for key, name in (("real", "real"), ("synthetic", "synthetic"), ("training", "training"), ("held_out", "held-out")):  # fmt: skip
+            if opened[key]:
+                samples[key] = draw(opened[key], name)
+                samples[key].notes.extend(notes.get(key, []))
         metrics["tiles"] = {k: s.describe() for k, s in samples.items()}
 
         stages("load", 0, 1, "feature extractor")
@@ -275,5 +317,10 @@ def evaluate(
         ]
         return EvaluationResult(metrics=metrics, real_tiles=real_show, synthetic_tiles=fake_show)
     finally:
+        adopted = {id(source) for sample in samples.values() for source in sample.sources}
         for sample in samples.values():
             sample.close()
+        for sources in opened.values():  # opened but not yet sampled when an error stopped the evaluation
+            for source in sources:
+                if id(source) not in adopted:
+                    source.close()

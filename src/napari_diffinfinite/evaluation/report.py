@@ -55,6 +55,9 @@ def summary_lines(metrics: dict) -> list[str]:
     lines.append(
         f"features: {feat}  tiles: real {metrics['tiles']['real']['tiles']}, synthetic {metrics['tiles']['synthetic']['tiles']}"
     )
+    at = metrics.get("pixel_size", {}).get("compared_at_um")
+    if at is not None:
+        lines.append(f"compared at {at:g} um/px (finer slides box-filtered down)")
     lines.append(f"FID {_fmt(q.get('fid'))}   KID {_fmt(q.get('kid_mean'))} +- {_fmt(q.get('kid_std'))}")
     if "is_mean" in q:
         lines.append(f"IS synthetic {_fmt(q['is_mean'])} +- {_fmt(q['is_std'])}   real {_fmt(q['is_real_mean'])}")

@@ -19,6 +19,13 @@ A *source* is one of:
 * With several sources, the tiles are split evenly between them (the first sources take
   the remainder); a source with too few candidates gives what it has, and the shortfall is
   reported in :class:`TileSample`.
+
+Slides are compared at one pixel size: :func:`match_pixel_size` shows each slide whose pixel
+size is finer than the target through a :class:`ResampledSlideSource` (regions read at the
+slide's own resolution and box-filtered down), so that a tile of 256 px covers the same
+microns in a 0.5 um/px scan and a 2 um/px synthetic slide. A tile at a different pixel size
+is a different image: Inception features of tissue at 4x the magnification are not
+comparable, and every distance between the sets would measure the zoom, not the generator.
 """
 
 from __future__ import annotations
@@ -35,16 +42,20 @@ from .distances import EvaluationError
 
 __all__ = [
     "TILE_SUFFIXES",
+    "PIXEL_SIZE_TOLERANCE",
+    "ResampledSlideSource",
     "SlideSource",
     "FolderSource",
     "TileRef",
     "TileSample",
     "open_source",
     "sample_tiles",
+    "match_pixel_size",
     "slide_tissue_mask",
 ]
 
 TILE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+PIXEL_SIZE_TOLERANCE = 0.05  # pixel sizes within 5 % count as equal (scanners round mpp: 0.499, 0.5, 0.5034)
 
 
 class SlideSource:
@@ -61,6 +72,14 @@ class SlideSource:
     def name(self) -> str:
         return self.path.name
 
+    @property
+    def pixel_size_um(self) -> float | None:
+        """Level-0 pixel size in microns, or None when the slide does not say."""
+        size = getattr(self.slide, "pixel_size_um", None)
+        if isinstance(size, (tuple, list)):  # OpenSlide's (mpp-x, mpp-y)
+            size = float(np.mean(size))
+        return None if size is None or not np.isfinite(size) or size <= 0 else float(size)
+
     def read(self, level: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         return self.slide.read_region(level, y0, y1, x0, x1)
 
@@ -74,6 +93,64 @@ class SlideSource:
         close = getattr(self.slide, "close", None)
         if close is not None and self.kind == "slide":
             close()
+
+
+class ResampledSlideSource(SlideSource):
+    """A slide shown at ``factor`` times its pixel size (``factor`` > 1: coarser).
+
+    Level k has the slide's level-k shape divided by ``factor``; a region of it is read from
+    the slide's level k (``factor`` times larger) and box-filtered to the asked size, so each
+    pixel is the mean of the slide pixels it covers, as in the slide's own pyramid.
+    """
+
+    def __init__(self, source: SlideSource, factor: float) -> None:
+        super().__init__(source.path, source.slide, source.kind)
+        self.factor = float(factor)
+        self.native_shapes = self.level_shapes
+        self.level_shapes = [(max(1, int(h / factor)), max(1, int(w / factor))) for h, w in self.native_shapes]
+        self._tissue = source._tissue
+
+    @property
+    def pixel_size_um(self) -> float | None:
+        native = super().pixel_size_um
+        return None if native is None else native * self.factor
+
+    def read(self, level: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        h, w = self.native_shapes[level]
+        f = self.factor
+        ny0, nx0 = int(round(y0 * f)), int(round(x0 * f))
+        ny1, nx1 = min(max(int(round(y1 * f)), ny0 + 1), h), min(max(int(round(x1 * f)), nx0 + 1), w)
+        rgb = self.slide.read_region(level, ny0, ny1, nx0, nx1)
+        return np.asarray(Image.fromarray(rgb).resize((x1 - x0, y1 - y0), Image.Resampling.BOX))
+
+
+def match_pixel_size(
+    sources: Sequence[SlideSource | FolderSource], target_um: float
+) -> tuple[list[SlideSource | FolderSource], list[str]]:
+    """The sources shown at ``target_um`` microns per pixel, and notes on what could not be.
+
+    Slides finer than the target are resampled (:class:`ResampledSlideSource`); slides within
+    ``PIXEL_SIZE_TOLERANCE`` of it are kept; a coarser slide is refused (upsampling would
+    invent detail); slides that do not state their pixel size and folders of tiles are kept
+    as they are, with a note.
+    """
+    out: list[SlideSource | FolderSource] = []
+    notes: list[str] = []
+    for source in sources:
+        native = source.pixel_size_um if isinstance(source, SlideSource) else None
+        if native is None:
+            what = "tiles" if isinstance(source, FolderSource) else "slide"
+            notes.append(f"{source.path}: {what} of unknown pixel size, taken as {target_um:g} um/px")
+            out.append(source)
+            continue
+        factor = target_um / native
+        if factor < 1 - PIXEL_SIZE_TOLERANCE:
+            raise EvaluationError(
+                f"{source.path} has {native:g} um/px, coarser than the {target_um:g} um/px to compare at; pass "
+                f"--pixel-size {native:g} (or coarser)"
+            )
+        out.append(source if factor <= 1 + PIXEL_SIZE_TOLERANCE else ResampledSlideSource(source, factor))
+    return out, notes
 
 
 class FolderSource:

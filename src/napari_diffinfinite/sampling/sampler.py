@@ -17,9 +17,12 @@ Cells get context: the owned cells are ``patch - 2 * context`` wide and sit in t
 of their windows, so the network sees around every pixel it writes. A cell denoised without
 context keeps a faint border that later steps do not remove: at low noise (the last steps)
 and, measured on the demo slide, at the early steps too (their cell borders were the
-strongest seams left once the late steps had context), so every step has it by default
-(``context_from`` 0); ``patch / 16`` on each side suffices there, at 1.3x the patches of
-cells without context (docs/benchmarks.md).
+strongest seams left once the late steps had context); ``patch / 16`` on each side suffices
+there, at 1.3x the patches of cells without context (docs/benchmarks.md). Only the first
+steps of a long schedule go without: a step's x0 prediction enters the latent with weight
+sqrt(alpha_bar) of the step's target time, and below ``CONTEXT_MIN_SIGNAL`` (0.05; the first
+step of 50, the first 8 of 250, none of 25 or fewer) a border in it is buried under noise
+that every later step, with context, denoises across the border.
 """
 
 from __future__ import annotations
@@ -40,7 +43,8 @@ from .noise import INITIAL_STEP, StepNoise, grid_offset, normal_field
 from .schedule import Schedule
 
 PREVIEW_SIDE = 512
-CONTEXT_FROM = 0.0  # share of the schedule from which cells get context (0: every step)
+CONTEXT_FROM = 0.0  # share of the schedule from which cells get context (0: from the first step)
+CONTEXT_MIN_SIGNAL = 0.05  # cells get context at steps whose x0 weight sqrt(alpha_bar_next) is at least this
 CONTEXT = 1 / 16  # context on each side of a cell, as a share of the patch
 _PRESENCE_CHUNK = 256  # windows whose labels are looked at together when planning a step
 
@@ -115,13 +119,28 @@ def patches_per_run(
     """
     shape = (max(shape[0], patch), max(shape[1], patch))
     context = default_context(patch) if context is None else context
-    first = math.ceil(context_from * steps)
+    schedule = Schedule(steps)
+    with_context = sum(has_context(schedule, k, context_from) for k in range(steps))
     total = 0
-    for m, count in ((0, min(first, steps)), (context, max(steps - first, 0))):
+    for m, count in ((0, steps - with_context), (context, with_context)):
         if count:
             cell = patch - 2 * m
             total += count * len(step_grid(shape, patch, (cell // 2, cell // 2), m))
     return total
+
+
+def x0_weight(step) -> float:
+    """How much of a step's x0 prediction enters the latent it writes: sqrt(alpha_bar) of its
+    target time (1 for the final step, which returns x0; 1 for schedules that do not say)."""
+    if getattr(step, "final", False):
+        return 1.0
+    return float(getattr(step, "sqrt_ac_next", 1.0))
+
+
+def has_context(schedule, step: int, context_from: float = CONTEXT_FROM) -> bool:
+    """Whether the cells of ``step`` get context: from ``context_from`` of the schedule on, and
+    only where the step's x0 weight reaches ``CONTEXT_MIN_SIGNAL`` (see the module docstring)."""
+    return step >= math.ceil(context_from * len(schedule)) and x0_weight(schedule[step]) >= CONTEXT_MIN_SIGNAL
 
 
 def default_context(patch: int) -> int:
@@ -152,7 +171,8 @@ class RandomPatchSampler:
     ``channels_last`` (default: on CUDA) and ``compile`` (``torch.compile``, opt-in) speed up
     the network; ``static_shapes`` (default: with ``compile`` on CUDA) pads every network
     call to the batch size. ``context`` latent pixels of context (default patch / 16) are
-    given to the cells of the steps from ``context_from`` of the schedule on (default: all).
+    given to the cells of the steps from ``context_from`` of the schedule on (default: the
+    first) whose x0 weight reaches ``CONTEXT_MIN_SIGNAL`` (see :func:`has_context`).
 
     ``schedule`` replaces DiffInfinite's DDIM schedule (``steps``, ``eta``, ``timesteps`` are
     then unused) with any sequence of steps that have ``t``, ``final``, ``sigma`` and
@@ -220,7 +240,7 @@ class RandomPatchSampler:
 
     def context(self, step: int) -> int:
         """Latent pixels of context around the cells of ``step`` (0: cells fill their windows)."""
-        return self.cell_context if step >= math.ceil(self.context_from * self.steps) else 0
+        return self.cell_context if has_context(self.schedule, step, self.context_from) else 0
 
     def initial_state(self, shape: tuple[int, int]) -> SamplerState:
         """Keyed Gaussian noise x_T over a latent of ``shape`` (h, w)."""
