@@ -72,7 +72,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cond-drop", type=float, default=0.15, help="image model: condition dropout (CFG)")
     p.add_argument("--image-batch", type=int, default=16)
     p.add_argument("--image-crop", type=int, default=64, help="image model: train on crops of this size (px)")
+    p.add_argument("--image-objective", choices=["pred_noise", "pred_v"], default="pred_noise",
+                   help="image model: predict the noise (DiffInfinite's) or v")  # fmt: skip
     p.add_argument("--mask-batch", type=int, default=16)
+    p.add_argument("--mask-objective", choices=["pred_noise", "pred_v"], default="pred_noise",
+                   help="mask model: predict the noise (DiffInfinite's) or v")  # fmt: skip
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (warm-up 50 steps, cosine decay)")
     p.add_argument("--max-minutes-image", type=float, default=120.0, help="wall-clock cap of the image model run")
     p.add_argument("--max-minutes-mask", type=float, default=90.0, help="wall-clock cap of the mask model run")
@@ -137,6 +141,7 @@ def train(kind: str, data: dict, args: argparse.Namespace) -> dict:
     pixel = data["info"]["pixel_size_um"]
     config = demo_image_config() if kind == "image" else demo_mask_config()
     config.pixel_size_um = round(pixel, 3)
+    config.objective = args.image_objective if kind == "image" else args.mask_objective
     geojson = data["geojson"] if kind == "image" else data["smooth_geojson"]
     sources = build_sources(config, slides=[data["slide"]], annotations=[geojson],
                             downsample=demo_data.DEMO_DOWNSAMPLE)  # fmt: skip
@@ -158,7 +163,8 @@ def train(kind: str, data: dict, args: argparse.Namespace) -> dict:
     print(f"{kind} model: {dataset.summary()}")
     started = time.perf_counter()
     model = new_model(config, seed=0)
-    identity_skip_init(model.unet)  # start as eps = x_t: see napari_diffinfinite/training/init.py
+    if config.objective == "pred_noise":  # v is not x_t at high noise: the identity start is for the noise only
+        identity_skip_init(model.unet)  # start as eps = x_t: see napari_diffinfinite/training/init.py
     result = run_training(model, dataset, settings, args.work / kind, device=args.device,
                           resume=args.resume, metadata={"data": data["info"]})  # fmt: skip
     seconds = time.perf_counter() - started
@@ -170,7 +176,8 @@ def train(kind: str, data: dict, args: argparse.Namespace) -> dict:
         "logged_train_seconds": losses[-1]["seconds"] if losses else None,
         "batch_size": settings.batch_size, "lr": settings.lr, "schedule": "50-step warm-up, cosine decay",
         "ema": f"decay {settings.ema_decay} every {settings.ema_update_every} step(s), ema_pytorch warm-up",
-        "init": "identity skip (training/init.py)",
+        "init": "identity skip (training/init.py)" if config.objective == "pred_noise" else "PyTorch default",
+        "objective": config.objective,
         "mask_mode": settings.mask_mode if kind == "image" else None, "cond_drop_prob": settings.cond_drop_prob,
         "first_loss": losses[0]["loss"] if losses else None, "last_loss": losses[-1]["loss"] if losses else None,
         "tiles": len(dataset), "tile_size_px": dataset.tile_size, "machine": machine(), "parameters": sum(p.numel() for p in new_model(config).unet.parameters()),

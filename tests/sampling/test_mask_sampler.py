@@ -1,6 +1,11 @@
 import numpy as np
+import pytest
+import torch
 
+from napari_diffinfinite.model.config import ModelConfig
+from napari_diffinfinite.model.pretrained import DiffusionModel
 from napari_diffinfinite.sampling.mask_sampler import clean_mask, layout_shape, quantize_mask, sample_layout
+from napari_diffinfinite.sampling.schedule import Schedule
 
 
 def test_quantize_mask_official_rounding():
@@ -27,3 +32,31 @@ def test_sample_layout_shape_and_labels(tiny_mask_model, mask_codec):
     canvas = sample_layout(tiny_mask_model, mask_codec, (300, 200), seed=1, steps=2)
     assert canvas.shape == layout_shape((300, 200), 4) == (75, 50)
     assert canvas.dtype == np.uint8 and canvas.max() < 3
+
+
+class _OracleV(torch.nn.Module):
+    """A mask network that knows the answer: the v (or the noise) of a constant x0 latent."""
+
+    def __init__(self, x0: float, objective: str) -> None:
+        super().__init__()
+        self.x0, self.objective = x0, objective
+        self.alphas = Schedule(1).alphas_cumprod
+
+    def forward(self, x, t, classes, null):
+        a = self.alphas[t].reshape(-1, 1, 1, 1)
+        eps = (x - a.sqrt() * self.x0) / (1 - a).sqrt().clamp_min(1e-8)
+        return a.sqrt() * eps - (1 - a).sqrt() * self.x0 if self.objective == "pred_v" else eps
+
+
+@pytest.mark.parametrize("objective", ["pred_v", "pred_noise"])
+def test_a_v_predicting_mask_model_samples_its_layout(tiny_mask_model, mask_codec, objective):
+    """The mask sampler reads the network's output as v when the model says so: an oracle
+    for the top label (grey 1, latent +1, the level eps-prediction finds hardest to reach)
+    gives that label everywhere."""
+    config = ModelConfig.from_dict({**tiny_mask_model.config.to_dict(), "objective": objective})
+    model = DiffusionModel(config=config, unet=_OracleV(1.0, objective), sha256="", source="oracle")
+    # one step, from t = 999 straight to x0: where v = -x0 and a misread would be far off
+    canvas = sample_layout(model, mask_codec, (128, 128), seed=0, steps=1)
+    assert (canvas == 2).all()
+    wrong = DiffusionModel(config=tiny_mask_model.config, unet=_OracleV(1.0, "pred_v"), sha256="", source="oracle")
+    assert (sample_layout(wrong, mask_codec, (128, 128), seed=0, steps=1) != 2).mean() > 0.05  # v read as noise

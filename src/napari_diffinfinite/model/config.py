@@ -157,8 +157,6 @@ def _model_problems(c: ModelConfig) -> list[str]:
         problems.append(f"extra must be a JSON object, not {_json_type(c.extra)}")
     if c.beta_schedule != "cosine" or c.objective not in OBJECTIVES:
         problems.append("only the cosine schedule with the pred_noise or pred_v objective is supported")
-    if c.objective == "pred_v" and c.kind != "image":
-        problems.append("the pred_v objective is for image models; mask models predict the noise (pred_noise)")
     problems += _cascade_problems(c)
     if problems or not isinstance(c.unet, UNetConfig) or _unet_problems(c.unet):
         return problems  # the checks below need sound numbers

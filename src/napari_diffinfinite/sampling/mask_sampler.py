@@ -81,6 +81,7 @@ def sample_layout(
         dtype=dtype,
         timesteps=config.timesteps,
         denoiser_class=ClassGuidedDenoiser,
+        prediction=config.objective,
     )
     conditions = np.full(latent_shape, condition, dtype=np.uint8)
     state = sampler.run(

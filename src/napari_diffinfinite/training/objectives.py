@@ -195,7 +195,8 @@ class ImageObjective:
 
 
 class MaskObjective:
-    """Noise-prediction loss of the class-conditioned mask (layout) model."""
+    """L2 loss of the class-conditioned mask (layout) model: on the noise (DiffInfinite's), or on
+    v with ``objective: pred_v`` (as for image models)."""
 
     def __init__(self, config: ModelConfig, codec, *, cond_drop_prob: float = 0.1) -> None:
         if config.kind != "mask":
@@ -244,6 +245,10 @@ class MaskObjective:
             counts.per_label[int(c)] = counts.per_label.get(int(c), 0) + 1
         t, noise, classes, null = t.to(device), noise.to(device), classes.to(device), null.to(device)
         x_t = self.schedule.q_sample(x0, t, noise)
+        target = noise
+        if self.config.objective == "pred_v":
+            a = self.schedule.alphas_cumprod.to(device)[t].reshape(-1, 1, 1, 1)
+            target = a.sqrt() * noise - (1 - a).sqrt() * x0
         with _autocast_or_null(autocast):
             pred = net(x_t, t, classes, null)
-        return F.mse_loss(pred.float(), noise), counts
+        return F.mse_loss(pred.float(), target), counts

@@ -105,7 +105,7 @@ def sample_mask_tiles(
             sampler = RandomPatchSampler(
                 unet, channels=codec.latent_channels, patch=config.latent_patch, steps=steps or config.sampling_steps,
                 omega=0.0, eta=config.eta, seed=seed + i, batch_size=8, device=device, timesteps=config.timesteps,
-                denoiser_class=ClassGuidedDenoiser,
+                denoiser_class=ClassGuidedDenoiser, prediction=config.objective,
             )  # fmt: skip
             shape = (config.latent_patch, config.latent_patch)
             state = sampler.run(sampler.initial_state(shape), np.full(shape, condition, np.uint8))
