@@ -108,14 +108,15 @@ def test_class_borders_a_layout_asks_for_are_left_out_with_exclude():
         seam_score(rgb, period=128, exclude=exclude[:10])
 
 
-def test_regions_with_labels_equal_the_whole_image_with_its_exclusion():
-    from napari_diffinfinite.evaluation.seams import near_label_edges
-
+def test_regions_with_labels_equal_the_whole_image_with_labels():
+    """Class borders left out and each class divided by its own mean gradient, tile by tile, as
+    for the whole image (the per-class sums are kept apart until the result is taken)."""
     image = texture((600, 520), seed=3)
+    image[350:, 200:] //= 4  # a class of weaker texture: per-class normalisation matters
     labels = np.zeros((600, 520), np.uint8)
     labels[100:300, 50:400] = 1
     labels[350:, 200:] = 2
-    whole = seam_scores(image, periods=(128, 100), exclude=near_label_edges(labels, 5))
+    whole = seam_scores(image, periods=(128, 100), labels=labels, edge_distance=5)
     tiled = seam_score_of_regions(
         lambda y0, y1, x0, x1: image[y0:y1, x0:x1], image.shape[:2], (128, 100), tile=96,
         read_labels=lambda y0, y1, x0, x1: labels[y0:y1, x0:x1], edge_distance=5,
@@ -123,6 +124,10 @@ def test_regions_with_labels_equal_the_whole_image_with_its_exclusion():
     for period in (128, 100):
         np.testing.assert_allclose(tiled[period].x.profile, whole[period].x.profile, rtol=1e-6)
         np.testing.assert_allclose(tiled[period].y.profile, whole[period].y.profile, rtol=1e-6)
+    from napari_diffinfinite.evaluation.seams import near_label_edges
+
+    unnormalised = seam_scores(image, periods=(128,), exclude=near_label_edges(labels, 5))[128]
+    assert not np.allclose(unnormalised.x.profile, whole[128].x.profile)
 
 
 def test_with_labels_classes_of_different_texture_weigh_the_same_at_every_phase():

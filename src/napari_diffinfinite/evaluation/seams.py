@@ -121,16 +121,21 @@ class FoldedGradient:
     Regions are given with their absolute origin ``(y0, x0)`` in the image, so phases are
     positions in the whole image. Gradients are taken inside a region only: to count the
     steps between neighbouring regions, read each region with one extra row above and one
-    extra column to the left (as :func:`seam_score_of_regions` does) and pass
-    ``skip_first_row/col`` so no gradient is counted twice.
+    extra column to the left and add its x- and y-steps separately (as
+    :func:`seam_score_of_regions` does), so no gradient is counted twice.
+
+    With ``classes`` (the layout's class of every pixel), sums are kept per class and each
+    class is divided by its own mean gradient when the result is taken (see
+    :func:`seam_scores`): one pass, whatever the number of regions.
     """
 
     def __init__(self, period: int = DEFAULT_PERIOD) -> None:
         if int(period) < 2:
             raise SeamError(f"the seam period must be at least 2 pixels, got {period}")
         self.period = int(period)
-        self._sum = {axis: np.zeros(self.period, np.float64) for axis in "xy"}
-        self._count = {axis: np.zeros(self.period, np.int64) for axis in "xy"}
+        # per class (None: no layout), per axis: the |gradient| sum and the count at each phase
+        self._sum: dict[int | None, dict[str, np.ndarray]] = {}
+        self._count: dict[int | None, dict[str, np.ndarray]] = {}
         self._extent = [0, 0]  # largest (y, x) end seen, to check the image spans two periods
 
     def add(
@@ -141,45 +146,54 @@ class FoldedGradient:
         *,
         axes: str = "xy",
         exclude: np.ndarray | None = None,
-        weight: np.ndarray | None = None,
+        classes: np.ndarray | None = None,
     ) -> None:
         """Add the gradients inside the luminance region whose top-left pixel is at ``(y0, x0)``.
 
         ``axes`` selects the gradients counted: ``"x"`` (steps between columns), ``"y"``
         (steps between rows) or both. ``exclude``: (h, w) bool, pixels whose gradients (to or
-        from them) are not counted. ``weight``: (h, w) float, a factor on the gradient into each
-        pixel (see :func:`seam_scores`' ``labels``).
+        from them) are not counted. ``classes``: (h, w) integer layout classes; a step counts
+        for the class of the pixel it goes into (give all regions classes, or none).
         """
         lum = np.asarray(lum, dtype=np.float32)
         h, w = lum.shape
-        if exclude is not None and np.shape(exclude) != (h, w):
-            raise SeamError(f"the exclusion mask is {np.shape(exclude)}, the image {(h, w)}")
+        for name, mask in (("exclusion mask", exclude), ("class map", classes)):
+            if mask is not None and np.shape(mask) != (h, w):
+                raise SeamError(f"the {name} is {np.shape(mask)}, the image {(h, w)}")
         keep = None if exclude is None else ~np.asarray(exclude, bool)
         self._extent = [max(self._extent[0], y0 + h), max(self._extent[1], x0 + w)]
         if "x" in axes and w > 1:
             step = np.abs(np.diff(lum, axis=1))  # steps into columns x0+1 .. x0+w-1
-            if weight is not None:
-                step *= weight[:, 1:]
             both = None if keep is None else keep[:, 1:] & keep[:, :-1]
-            self._accumulate("x", step, both, x0 + 1, along=0)
+            into = None if classes is None else np.asarray(classes)[:, 1:]
+            self._accumulate("x", step, both, into, x0 + 1, along=0)
         if "y" in axes and h > 1:
             step = np.abs(np.diff(lum, axis=0))  # steps into rows y0+1 .. y0+h-1
-            if weight is not None:
-                step *= weight[1:]
             both = None if keep is None else keep[1:] & keep[:-1]
-            self._accumulate("y", step, both, y0 + 1, along=1)
+            into = None if classes is None else np.asarray(classes)[1:]
+            self._accumulate("y", step, both, into, y0 + 1, along=1)
 
-    def _accumulate(self, axis: str, step: np.ndarray, keep: np.ndarray | None, start: int, along: int) -> None:
-        """Sum ``step`` (where ``keep``) over the other axis (``along``) and fold the sums by phase."""
-        if keep is None:
-            sums = step.sum(axis=along, dtype=np.float64)
-            counts = np.full(sums.size, step.shape[along], np.int64)
-        else:
-            sums = np.where(keep, step, 0).sum(axis=along, dtype=np.float64)
-            counts = keep.sum(axis=along, dtype=np.int64)
-        phases = (start + np.arange(sums.size)) % self.period
-        self._sum[axis] += np.bincount(phases, weights=sums, minlength=self.period)
-        self._count[axis] += np.bincount(phases, weights=counts, minlength=self.period).astype(np.int64)
+    def _accumulate(
+        self, axis: str, step: np.ndarray, keep: np.ndarray | None, into: np.ndarray | None, start: int, along: int
+    ) -> None:
+        """Sum ``step`` (where ``keep``) over the other axis (``along``), per class of ``into``, and
+        fold the sums by phase."""
+        phases = (start + np.arange(step.shape[1 - along])) % self.period
+        groups = [(None, keep)] if into is None else [(int(c), into == c) for c in np.unique(into)]
+        for label, member in groups:
+            if into is not None and keep is not None:
+                member = member & keep
+            if member is None:
+                sums = step.sum(axis=along, dtype=np.float64)
+                counts = np.full(sums.size, step.shape[along], np.int64)
+            else:
+                sums = np.where(member, step, 0).sum(axis=along, dtype=np.float64)
+                counts = member.sum(axis=along, dtype=np.int64)
+            if label not in self._sum:
+                self._sum[label] = {a: np.zeros(self.period, np.float64) for a in "xy"}
+                self._count[label] = {a: np.zeros(self.period, np.int64) for a in "xy"}
+            self._sum[label][axis] += np.bincount(phases, weights=sums, minlength=self.period)
+            self._count[label][axis] += np.bincount(phases, weights=counts, minlength=self.period).astype(np.int64)
 
     def result(self) -> SeamScore:
         """The seam score of everything added so far."""
@@ -192,7 +206,19 @@ class FoldedGradient:
         return SeamScore(self.period, x=self._axis("x"), y=self._axis("y"))
 
     def _axis(self, axis: str) -> AxisSeam:
-        profile = self._sum[axis] / np.maximum(self._count[axis], 1)
+        total = np.zeros(self.period, np.float64)
+        count = np.zeros(self.period, np.int64)
+        for label, sums in self._sum.items():
+            counts = self._count[label]
+            scale = 1.0
+            if label is not None:  # the class's mean |gradient| over both axes, away from class borders
+                mean = (sums["x"].sum() + sums["y"].sum()) / max(int(counts["x"].sum() + counts["y"].sum()), 1)
+                if mean <= 0:
+                    continue  # a class without texture (flat glass) is left out, as it cannot show a seam
+                scale = 1.0 / mean
+            total += sums[axis] * scale
+            count += counts[axis]
+        profile = total / np.maximum(count, 1)
         peak = float(profile.max())
         median = float(np.median(profile))
         if median > 0:
@@ -233,33 +259,15 @@ def seam_scores(
     unevenly, raw gradients would peak where the busiest class is, seam or not.
     """
     lum = luminance(image)
-    weight = None
     if labels is not None:
         near = near_label_edges(labels, edge_distance)
-        weight = _class_weights(lum, np.asarray(labels), near)
-        exclude = near | (weight == 0) if exclude is None else exclude | near | (weight == 0)
+        exclude = near if exclude is None else exclude | near
     out: dict[int, SeamScore] = {}
     for period in dict.fromkeys(int(p) for p in periods):
         folded = FoldedGradient(period)
-        folded.add(lum, exclude=exclude, weight=weight)
+        folded.add(lum, exclude=exclude, classes=labels)
         out[period] = folded.result()
     return out
-
-
-def _class_weights(lum: np.ndarray, labels: np.ndarray, near: np.ndarray) -> np.ndarray:
-    """(H, W) float32: 1 / the mean |gradient| of each pixel's class away from class borders
-    (0 for a class with no gradient there, which is then left out)."""
-    keep = ~near
-    gx, gy = np.abs(np.diff(lum, axis=1)), np.abs(np.diff(lum, axis=0))
-    kx, ky = keep[:, 1:] & keep[:, :-1], keep[1:] & keep[:-1]
-    weight = np.zeros(lum.shape, np.float32)
-    for c in np.unique(labels):
-        mx, my = kx & (labels[:, 1:] == c), ky & (labels[1:] == c)
-        count = int(mx.sum() + my.sum())
-        mean = (float(gx[mx].sum(dtype=np.float64)) + float(gy[my].sum(dtype=np.float64))) / max(count, 1)
-        if mean > 0:
-            weight[labels == c] = 1.0 / mean
-    return weight
 
 
 def near_label_edges(labels: np.ndarray, distance: int = DEFAULT_EDGE_DISTANCE) -> np.ndarray:
@@ -289,9 +297,9 @@ def seam_score_of_regions(
     or float luminance). Each tile is read with one extra row and column before it, so the
     steps across tile borders are counted exactly once: the result equals :func:`seam_scores`
     of the whole image. ``progress(done, total)`` is called after each tile.
-    ``read_labels`` (same signature, (h, w) integer classes): the gradients within
-    ``edge_distance`` px of a class border are left out (:func:`near_label_edges`), as
-    ``exclude`` does for a whole image.
+    ``read_labels`` (same signature, (h, w) integer classes): as ``labels`` of
+    :func:`seam_scores` (class borders left out, each class divided by its mean gradient),
+    with the same result.
     """
     h, w = shape
     folders = [FoldedGradient(p) for p in dict.fromkeys(int(p) for p in periods)]
@@ -300,18 +308,25 @@ def seam_score_of_regions(
     for i, (y0, x0) in enumerate(origins):
         ry0, rx0, ry1, rx1 = max(y0 - 1, 0), max(x0 - 1, 0), min(y0 + tile, h), min(x0 + tile, w)
         lum = luminance(read_region(ry0, ry1, rx0, rx1))
-        exclude = None
+        exclude = classes = None
         if read_labels is not None:  # labels read with the distance around, so tile borders see their neighbours
             ly0, lx0 = max(ry0 - d, 0), max(rx0 - d, 0)
-            near = near_label_edges(read_labels(ly0, min(ry1 + d, h), lx0, min(rx1 + d, w)), d)
-            exclude = near[ry0 - ly0 : ry1 - ly0, rx0 - lx0 : rx1 - lx0]
+            around = np.asarray(read_labels(ly0, min(ry1 + d, h), lx0, min(rx1 + d, w)))
+            inner = (slice(ry0 - ly0, ry1 - ly0), slice(rx0 - lx0, rx1 - lx0))
+            exclude, classes = near_label_edges(around, d)[inner], around[inner]
+
+        def part(mask, rows, cols):
+            return None if mask is None else mask[rows, cols]
+
         for folder in folders:
             # x-steps: this tile's rows, from the column before it; y-steps: its columns, from the row above.
+            rows, cols = slice(y0 - ry0, None), slice(None)
             folder.add(
-                lum[y0 - ry0 :, :], y0, rx0, axes="x", exclude=None if exclude is None else exclude[y0 - ry0 :, :]
+                lum[rows, cols], y0, rx0, axes="x", exclude=part(exclude, rows, cols), classes=part(classes, rows, cols)
             )
+            rows, cols = slice(None), slice(x0 - rx0, None)
             folder.add(
-                lum[:, x0 - rx0 :], ry0, x0, axes="y", exclude=None if exclude is None else exclude[:, x0 - rx0 :]
+                lum[rows, cols], ry0, x0, axes="y", exclude=part(exclude, rows, cols), classes=part(classes, rows, cols)
             )
         if progress is not None:
             progress(i + 1, len(origins))
