@@ -79,6 +79,11 @@ def test_bench_json(capsys):
     result = json.loads(capsys.readouterr().out)
     for key in ("evals_per_step", "ideal_evals_per_step", "speedup_vs_sequential", "peak_rss_mb"):
         assert key in result
+    # the timed step 0 of 250 has no cell context; a step from the middle, timed too, has
+    largest = result["sizes"][-1]
+    assert largest["steps_with_context_per_run"] == 242 and largest["context_step"] == 125
+    assert largest["context_evals_per_step"] >= largest["evals_per_step"]
+    assert result["speedup_vs_sequential_per_run"] > 0 and result["speedup_vs_sequential_with_context"] > 0
     assert result["ideal_evals_per_step"] == 4.0 and result["evals_per_step"] <= 9.0
     assert result["sizes"][0]["evals_per_step"] == 1.0  # a one-patch canvas needs one evaluation
 
@@ -367,8 +372,9 @@ def test_bench_overhead_json_reports_ms_per_patch_per_size(capsys):
     result = json.loads(capsys.readouterr().out)
     sizes = {entry["size"]: entry for entry in result["sizes"]}
     assert sorted(sizes) == [1024, 2048]
-    # 1024 px: a 128 x 128 latent of 64 px patches, a shifted grid of 2 or 3 patches a side
-    assert sizes[1024]["patches_per_step"] in (4, 6, 9) and sizes[1024]["batch_size"] == 64
+    # 1024 px: a 128 x 128 latent of 64 px windows around 56 px cells (context 4), 3 or 4 a side
+    assert sizes[1024]["context"] == 4 and sizes[1024]["first_step_timed"] == 125
+    assert sizes[1024]["patches_per_step"] in (9, 12, 16) and sizes[1024]["batch_size"] == 64
     for entry in sizes.values():
         assert entry["ms_per_patch"] > 0 and entry["cpu_ms_per_patch"] > 0 and entry["setup_ms"] >= 0
 
