@@ -202,7 +202,25 @@ def evaluate_pair(work: Path, levels: tuple[int, ...] = (0, 1), feature_seeds: t
                 }  # fmt: skip
                 print(json.dumps(row))
                 rows.append(row)
+    print(evaluation_table(rows))
     return {"rows": rows}
+
+
+def evaluation_table(rows: list[dict]) -> str:
+    """The rows as a markdown table: per level and metric, both slides, one value per feature seed."""
+    lines = [
+        "| level (um/px) | metric | cascade (features 0 / 1 / 2) | single scale (features 0 / 1 / 2) |",
+        "|---|---|---|---|",
+    ]
+    for level in sorted({r["level"] for r in rows}):
+        size = next(r["pixel_size_um"] for r in rows if r["level"] == level)
+        for metric in ("patch_fid", "fid", "kid"):
+            cells = [
+                " / ".join(f"{r[metric]:.3g}" for r in rows if r["level"] == level and r["slide"] == slide)
+                for slide in ("cascade", "single")
+            ]
+            lines.append(f"| {level} ({size:g}) | {metric} | {cells[0]} | {cells[1]} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
