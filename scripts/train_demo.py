@@ -67,13 +67,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--work", type=Path, default=REPO / "build" / "demo-training", help="run folder")
-    p.add_argument("--image-steps", type=int, default=9000)
+    p.add_argument("--image-steps", type=int, default=8000)
     p.add_argument("--mask-steps", type=int, default=4000)
     p.add_argument("--cond-drop", type=float, default=0.15, help="image model: condition dropout (CFG)")
     p.add_argument("--image-batch", type=int, default=16)
     p.add_argument("--image-crop", type=int, default=64, help="image model: train on crops of this size (px)")
-    p.add_argument("--image-objective", choices=["pred_noise", "pred_v"], default="pred_noise",
-                   help="image model: predict the noise (DiffInfinite's) or v")  # fmt: skip
+    p.add_argument("--image-objective", choices=["pred_noise", "pred_v"], default="pred_v",
+                   help="image model: predict v (default: glass comes out white) or the noise (DiffInfinite's)")  # fmt: skip
     p.add_argument("--mask-batch", type=int, default=16)
     p.add_argument("--mask-objective", choices=["pred_noise", "pred_v"], default="pred_noise",
                    help="mask model: predict the noise (DiffInfinite's) or v")  # fmt: skip

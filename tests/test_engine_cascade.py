@@ -71,8 +71,10 @@ def test_high_level_downsampled_is_the_low_level(tmp_path: Path) -> None:
     """Odd sizes: 601 x 531 px over a 301 x 266 px lower level. The copy stage reproduces the
     lower level under every pixel, so the 2x block mean of the slide is the lower level
     exactly, and that lower level is the single-scale slide of the low model (same seed).
-    While the higher level samples, the store's level 1 already shows the lower level."""
+    While the higher level samples, the store's level 1 already shows the lower level. Each level
+    samples with its own model's guidance: the low model's default (0.5) is not the stage's (3)."""
     low = low_model()
+    low.config.default_omega = 0.5
     layout = LayoutSource(label=1)
     fast = dataclasses.replace(SETTINGS, steps=2)
     single = run_generate(GenerateRequest(out=tmp_path / "low.zarr", size=(301, 266), image_model=low,
@@ -96,6 +98,7 @@ def test_high_level_downsampled_is_the_low_level(tmp_path: Path) -> None:
     provenance = store.provenance
     assert provenance["complete"] and [lv["downscale"] for lv in provenance["cascade"]] == [2, 1]
     assert provenance["cascade"][0]["seed"] == 5 and provenance["cascade"][1]["seed"] == level_seed(5, 1)
+    assert [lv["omega"] for lv in provenance["cascade"]] == [0.5, 3.0] and provenance["omega"] == 3.0
 
 
 @pytest.mark.slow
@@ -106,6 +109,7 @@ def test_resume_mid_cascade_is_bit_exact(tmp_path: Path) -> None:
     layout = LayoutSource(label=2)
     low, stage = low_model(), stage_model()
     low.sha256, stage.sha256 = "low", "stage"  # what loading a model folder records
+    low.config.default_omega = 0.0  # each level its own guidance, kept on resume
     whole = run_generate(GenerateRequest(out=tmp_path / "a.zarr", size=size, cascade=[low, stage], layout=layout,
                                          settings=SETTINGS))  # fmt: skip
     reference = level0(whole.path)
@@ -143,6 +147,7 @@ def test_resume_mid_cascade_is_bit_exact(tmp_path: Path) -> None:
         run_generate(GenerateRequest(out=out, cascade=[low, other], resume=True, settings=SETTINGS))
     done = run_generate(GenerateRequest(out=out, cascade=[low, stage], resume=True, settings=SETTINGS))
     assert np.array_equal(level0(done.path), reference)
+    assert [lv["omega"] for lv in done.provenance["cascade"]] == [0.0, 3.0]
 
 
 def test_bad_cascades_are_refused(tmp_path: Path) -> None:

@@ -229,11 +229,18 @@ def _generate(request: GenerateRequest, point, progress, cancel) -> SlideStore:
         validate_for_model(request, level.models, level.size, existing_store=point is not None)
     steps = settings.steps if settings.steps is not None else top.model.config.sampling_steps
     eta = top.model.config.eta if settings.eta is None else settings.eta
-    omega = resolve_omega(settings.omega, top.model.config)
+    # Guidance per level: --omega for all, else each model's own default (models tuned apart, e.g. a
+    # v-predicting demo model that needs none under a stage tuned with some); on resume, the store's.
+    before = point.provenance.get("cascade") or [] if point is not None else []
+    if point is not None and len(before) == len(levels) and all("omega" in d for d in before):
+        omegas = [float(d["omega"]) for d in before]
+    else:  # a new cascade, or one written before guidance was per level (then: one omega for all)
+        omegas = [resolve_omega(settings.omega, (top if point is not None else lv).model.config) for lv in levels]
+    omega = omegas[-1]
     device, dtype = resolve_device(settings.device), resolve_dtype(settings.dtype)
     described = [
-        {"source": lv.model.source, "sha256": lv.model.sha256, "downscale": lv.downscale, "seed": lv.seed}
-        for lv in levels
+        {"source": lv.model.source, "sha256": lv.model.sha256, "downscale": lv.downscale, "seed": lv.seed, "omega": w}
+        for lv, w in zip(levels, omegas)
     ]
     skip_glass = bool(request.skip_glass) if point is None else bool(point.provenance.get("skip_glass"))
     if point is not None and request.skip_glass is not None and bool(request.skip_glass) != skip_glass:
@@ -249,7 +256,6 @@ def _generate(request: GenerateRequest, point, progress, cancel) -> SlideStore:
                     f"{c.cascade['condition']}: leave out --skip-glass"
                 )
     if point is not None:
-        before = point.provenance.get("cascade") or []
         if [d.get("sha256") for d in before] != [d["sha256"] for d in described]:
             raise StoreError(f"cannot resume {out}: other models wrote this cascade; give the original models in order")
 
@@ -284,7 +290,7 @@ def _generate(request: GenerateRequest, point, progress, cancel) -> SlideStore:
             raise StoreError(f"the cascade state of {out} is damaged; generate it again with --overwrite")
         start = _Start(level, point.latent, point.step, point.decoded_rows, point.labels_written, arrays.get("parent"))
     try:
-        return job.run_levels(levels, mask, size, start, omega=omega, eta=eta, batch_size=settings.batch_size,
+        return job.run_levels(levels, mask, size, start, omegas=omegas, eta=eta, batch_size=settings.batch_size,
                               device=device, dtype=dtype, keep_state=request.keep_state,
                               progress=progress, cancel=cancel)  # fmt: skip
     finally:
@@ -320,7 +326,7 @@ class _CascadeJob(_Job):
             arrays["parent"] = self.parent
         self.store.save_state(arrays, meta)
 
-    def run_levels(self, levels: list[CascadeLevel], mask, size: tuple[int, int], start: _Start, *, omega: float,
+    def run_levels(self, levels: list[CascadeLevel], mask, size: tuple[int, int], start: _Start, *, omegas: list[float],
                    eta: float, batch_size: int | None, device: torch.device, dtype: torch.dtype, keep_state: bool,
                    progress: ProgressCallback | None, cancel: CancelToken | None) -> SlideStore:  # fmt: skip
         store = self.store
@@ -336,7 +342,7 @@ class _CascadeJob(_Job):
             tell = _level_progress(progress, k, len(levels), level.downscale)
             sampler = RandomPatchSampler(
                 level.model.unet, channels=codec.latent_channels, patch=config.latent_patch, steps=self.steps,
-                omega=omega, eta=eta, seed=level.seed, batch_size=batch_size, device=device, dtype=dtype,
+                omega=omegas[k], eta=eta, seed=level.seed, batch_size=batch_size, device=device, dtype=dtype,
                 timesteps=config.timesteps, compile=self.compile, prediction=config.objective,
             )  # fmt: skip
             resumed = k == start.level and start.latent is not None

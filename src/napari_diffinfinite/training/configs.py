@@ -38,7 +38,9 @@ def parse_class_names(text: str | Sequence[str]) -> list[str]:
 
 def _preset(kind: str, preset: str) -> ModelConfig:
     if preset == "demo":
-        return demo_image_config() if kind == "image" else demo_mask_config()
+        config = demo_image_config() if kind == "image" else demo_mask_config()
+        config.default_omega = None  # tuned for the shipped weights, not for a new model of their architecture
+        return config
     if preset == "official":
         if kind == "image":
             return ModelConfig(
