@@ -75,6 +75,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--image-objective", choices=["pred_noise", "pred_v"], default="pred_v",
                    help="image model: predict v (default: glass comes out white) or the noise (DiffInfinite's)")  # fmt: skip
     p.add_argument("--mask-batch", type=int, default=16)
+    p.add_argument("--mask-downsample", type=int, default=4,
+                   help="mask model: layouts at 1/N of the slide resolution (4 as upstream)")  # fmt: skip
     p.add_argument("--mask-objective", choices=["pred_noise", "pred_v"], default="pred_noise",
                    help="mask model: predict the noise (DiffInfinite's) or v")  # fmt: skip
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (warm-up 50 steps, cosine decay)")
@@ -142,6 +144,8 @@ def train(kind: str, data: dict, args: argparse.Namespace) -> dict:
     config = demo_image_config() if kind == "image" else demo_mask_config()
     config.pixel_size_um = round(pixel, 3)
     config.objective = args.image_objective if kind == "image" else args.mask_objective
+    if kind == "mask":
+        config.mask_downsample = args.mask_downsample
     geojson = data["geojson"] if kind == "image" else data["smooth_geojson"]
     sources = build_sources(config, slides=[data["slide"]], annotations=[geojson],
                             downsample=demo_data.DEMO_DOWNSAMPLE)  # fmt: skip
