@@ -98,6 +98,9 @@ def test_evaluate_compares_slides_at_one_pixel_size(tmp_path, cmu_svs, capsys):
     err = capsys.readouterr().err
     assert "coarse.zarr has 2 um/px, coarser than the 1 um/px" in err and "--pixel-size 2" in err
     assert not (tmp_path / "finer").exists()
+    assert main([*common, "--out", str(tmp_path / "bad"), "--pixel-size", "abc"]) == 1
+    assert "--pixel-size must be 'auto', 'native' or microns per pixel" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
 
 
 def test_study_export_and_score(tmp_path, cmu_svs, synthetic_store, capsys):

@@ -188,7 +188,9 @@ def compare_pixel_size(setting: str | float, sources) -> float | None:
         except (TypeError, ValueError):
             value = float("nan")
         if not np.isfinite(value) or value <= 0:
-            raise EvaluationError(f"pixel size must be 'auto', 'native' or microns per pixel > 0, not {setting!r}")
+            raise EvaluationError(
+                f"--pixel-size must be 'auto', 'native' or microns per pixel (a number > 0), not {setting!r}"
+            )
         return value
     known = [s.pixel_size_um for s in sources if isinstance(s, SlideSource) and s.pixel_size_um is not None]
     if not known or max(known) <= min(known) * (1 + PIXEL_SIZE_TOLERANCE):
