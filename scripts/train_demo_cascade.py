@@ -62,6 +62,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="train the single-scale baseline (no lower-level condition) into WORK/single")  # fmt: skip
     p.add_argument("--generate", action="store_true",
                    help="generate the cascade and baseline slides on the training layout (skips training)")  # fmt: skip
+    p.add_argument("--features", default="random",
+                   help="--evaluate's features: random (three random-weight CNNs) or any extractor of "
+                   "`diffinfinite evaluate --features` (inception needs its weights; see docs/evaluate.md)")  # fmt: skip
     p.add_argument("--evaluate", action="store_true",
                    help="Patch-FID, FID and KID of both slides against the real slide at each level (skips training)")  # fmt: skip
     return p.parse_args(argv)
@@ -101,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.generate:
             report["generate"] = generate_pair(work)
         if args.evaluate:
-            report["evaluate"] = evaluate_pair(work)
+            report["evaluate"] = evaluate_pair(work, features=args.features)
         (work / "report.json").write_text(json.dumps(report, indent=2) + "\n")
         print(json.dumps({k: report[k] for k in ("generate", "evaluate") if k in report}, indent=2))
         return 0
@@ -169,14 +172,16 @@ def generate_pair(work: Path) -> dict:
     return {"size": [w, h], "layout": str(layout), "seconds": timings}
 
 
-def evaluate_pair(work: Path, levels: tuple[int, ...] = (0, 1), feature_seeds: tuple[int, ...] = (0, 1, 2)) -> dict:
+def evaluate_pair(
+    work: Path, levels: tuple[int, ...] = (0, 1), feature_seeds: tuple[int, ...] = (0, 1, 2), features: str = "random"
+) -> dict:
     """Cascade and baseline slide against the real slide, at each of the cascade's levels.
 
     Level k is compared at 2**k times the stage's pixel size (1 and 2 um/px), the real slide
     box-filtered to it (``evaluate``'s pixel-size matching). Features: random-weight CNNs
     (``random:SEED``), the only extractor available without downloads here; their numbers mean
     something only side by side, so every figure is given for both slides under the same
-    three feature seeds. Patch-FID crops (64 to 256 px, matched positions) include glass, as
+    three feature seeds. Any other ``features`` (e.g. ``inception``) is used once. Patch-FID crops (64 to 256 px, matched positions) include glass, as
     the layouts are the same; FID/KID tiles are tissue tiles of 64 px.
     """
     from napari_diffinfinite.evaluation.evaluate import EvaluationSettings, evaluate
@@ -187,9 +192,10 @@ def evaluate_pair(work: Path, levels: tuple[int, ...] = (0, 1), feature_seeds: t
     rows = []
     for level in levels:
         for name in ("cascade", "single"):
-            for seed in feature_seeds:
+            for seed in feature_seeds if features == "random" else (features,):
+                extractor = f"random:{seed}" if features == "random" else features
                 settings = EvaluationSettings(
-                    tiles=256, tile_size=64, pixel_size=pixel * 2**level, features=f"random:{seed}", device="cpu",
+                    tiles=256, tile_size=64, pixel_size=pixel * 2**level, features=extractor, device="cpu",
                     kid_subsets=50, kid_subset_size=100, patch_fid_crops=128, patch_max_scale=4.0,
                     seams=False, adherence=False,
                 )  # fmt: skip
@@ -208,8 +214,9 @@ def evaluate_pair(work: Path, levels: tuple[int, ...] = (0, 1), feature_seeds: t
 
 def evaluation_table(rows: list[dict]) -> str:
     """The rows as a markdown table: per level and metric, both slides, one value per feature seed."""
+    names = " / ".join(str(f) for f in dict.fromkeys(r["features"] for r in rows))
     lines = [
-        "| level (um/px) | metric | cascade (features 0 / 1 / 2) | single scale (features 0 / 1 / 2) |",
+        f"| level (um/px) | metric | cascade (features {names}) | single scale (features {names}) |",
         "|---|---|---|---|",
     ]
     for level in sorted({r["level"] for r in rows}):
