@@ -86,6 +86,8 @@ def test_bench_json(capsys):
     assert result["speedup_vs_sequential_per_run"] > 0 and result["speedup_vs_sequential_with_context"] > 0
     assert result["ideal_evals_per_step"] == 4.0 and result["evals_per_step"] <= 9.0
     assert result["sizes"][0]["evals_per_step"] == 1.0  # a one-patch canvas needs one evaluation
+    # and its patch holds both labels: the unconditional pass and one per label, for the timed step only
+    assert result["sizes"][0]["network_evals_per_step"] == 3.0
 
 
 @pytest.mark.parametrize("argv", [["--version"], ["generate", "--help"]])

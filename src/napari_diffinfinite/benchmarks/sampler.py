@@ -78,6 +78,7 @@ def _run_size(size: int, dim: int, steps: int, sequential: bool, device: str, dt
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     seconds = (time.perf_counter() - started) / steps
+    network_evals = sampler.denoiser.count.network  # of the timed steps only, not of the context step below
     context_step = len(sampler.schedule) // 2  # a step whose cells have context
     mid = sampler.initial_state(latent)
     mid.step = context_step
@@ -97,7 +98,7 @@ def _run_size(size: int, dim: int, steps: int, sequential: bool, device: str, dt
         "steps_timed": steps,
         "evals_per_step": sampler.stats.mean_patches_per_step,
         "ideal_evals_per_step": ideal_patches(latent, patch),
-        "network_evals_per_step": sampler.denoiser.count.network / steps,
+        "network_evals_per_step": network_evals / steps,
         "batch_size": sampler.batch_size,
         "seconds_per_step": seconds,
         "latent_pixels_per_second": latent[0] * latent[1] / seconds,
