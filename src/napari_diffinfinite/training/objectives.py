@@ -70,6 +70,17 @@ def _autocast_or_null(autocast: Callable[[], AbstractContextManager] | None) -> 
     return autocast() if autocast is not None else nullcontext()
 
 
+def regression_target(
+    objective: str, schedule: Schedule, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor
+) -> torch.Tensor:
+    """What the network regresses at timesteps ``t``: the noise (``pred_noise``) or
+    ``v = sqrt(a) eps - sqrt(1 - a) x0`` (``pred_v``)."""
+    if objective != "pred_v":
+        return noise
+    a = schedule.alphas_cumprod.to(x0.device)[t].reshape(-1, *([1] * (x0.ndim - 1)))
+    return a.sqrt() * noise - (1 - a).sqrt() * x0
+
+
 class ImageObjective:
     """Noise-prediction loss of the mask-conditioned image model (see the module docstring)."""
 
@@ -180,10 +191,7 @@ class ImageObjective:
             extra = (self.cascade_condition(batch["image"], tuple(x0.shape[-2:]), generator, device),)
         t, noise, masks = t.to(device), noise.to(device), masks.to(device)
         x_t = self.schedule.q_sample(x0, t, noise)
-        target = noise
-        if self.config.objective == "pred_v":
-            a = self.schedule.alphas_cumprod.to(device)[t].reshape(-1, 1, 1, 1)
-            target = a.sqrt() * noise - (1 - a).sqrt() * x0
+        target = regression_target(self.config.objective, self.schedule, x0, noise, t)
         with _autocast_or_null(autocast):
             pred = net(x_t, t, masks[:, None].float(), *extra)
         if self.mask_mode != "per-label-loss":
@@ -245,10 +253,7 @@ class MaskObjective:
             counts.per_label[int(c)] = counts.per_label.get(int(c), 0) + 1
         t, noise, classes, null = t.to(device), noise.to(device), classes.to(device), null.to(device)
         x_t = self.schedule.q_sample(x0, t, noise)
-        target = noise
-        if self.config.objective == "pred_v":
-            a = self.schedule.alphas_cumprod.to(device)[t].reshape(-1, 1, 1, 1)
-            target = a.sqrt() * noise - (1 - a).sqrt() * x0
+        target = regression_target(self.config.objective, self.schedule, x0, noise, t)
         with _autocast_or_null(autocast):
             pred = net(x_t, t, classes, null)
         return F.mse_loss(pred.float(), target), counts
