@@ -7,8 +7,8 @@ and writing owned cells. Latent only; nothing is decoded.
 
 The timed steps are taken from the middle of a 250-step schedule, where cells have context as
 at almost every step of a run (the first 8 of 250 have none; see
-:func:`~napari_diffinfinite.sampling.sampler.has_context`). Only the sampling steps are timed; the run's one-time setup (copying the latent into its two
-buffers) is ``setup_ms``. ``ms_per_patch`` is wall time; ``cpu_ms_per_patch`` is the process's CPU time, which on a
+:func:`~napari_diffinfinite.sampling.sampler.has_context`). Only the sampling steps are timed;
+the run's one-time setup (copying the latent into its two buffers) is ``setup_ms``. ``ms_per_patch`` is wall time; ``cpu_ms_per_patch`` is the process's CPU time, which on a
 machine shared with other jobs measures the work itself (run with ``OMP_NUM_THREADS=1``
 for a single-core figure; with more threads it adds up their time).
 """

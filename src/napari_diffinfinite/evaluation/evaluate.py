@@ -251,9 +251,9 @@ def evaluate(
         if target is not None:
             for key in opened:
                 opened[key], notes[key] = match_pixel_size(opened[key], target)
-        for key, name in (("real", "real"), ("synthetic", "synthetic"), ("training", "training"), ("held_out", "held-out")):  # fmt: skip
-            if opened[key]:
-                samples[key] = draw(opened[key], name)
+        for key, sources in opened.items():
+            if sources:
+                samples[key] = draw(sources, key.replace("_", "-"))
                 samples[key].notes.extend(notes.get(key, []))
         metrics["tiles"] = {k: s.describe() for k, s in samples.items()}
 

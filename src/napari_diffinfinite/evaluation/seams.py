@@ -179,10 +179,11 @@ class FoldedGradient:
         """Sum ``step`` (where ``keep``) over the other axis (``along``), per class of ``into``, and
         fold the sums by phase."""
         phases = (start + np.arange(step.shape[1 - along])) % self.period
-        groups = [(None, keep)] if into is None else [(int(c), into == c) for c in np.unique(into)]
+        if into is None:
+            groups = [(None, keep)]
+        else:
+            groups = [(int(c), into == c if keep is None else (into == c) & keep) for c in np.unique(into)]
         for label, member in groups:
-            if into is not None and keep is not None:
-                member = member & keep
             if member is None:
                 sums = step.sum(axis=along, dtype=np.float64)
                 counts = np.full(sums.size, step.shape[along], np.int64)
@@ -281,6 +282,10 @@ def near_label_edges(labels: np.ndarray, distance: int = DEFAULT_EDGE_DISTANCE) 
     return maximum_filter(labels, size=size, mode="nearest") != minimum_filter(labels, size=size, mode="nearest")
 
 
+def _part(mask: np.ndarray | None, rows: slice, cols: slice) -> np.ndarray | None:
+    return None if mask is None else mask[rows, cols]
+
+
 def seam_score_of_regions(
     read_region: Callable[[int, int, int, int], np.ndarray],
     shape: tuple[int, int],
@@ -314,19 +319,25 @@ def seam_score_of_regions(
             around = np.asarray(read_labels(ly0, min(ry1 + d, h), lx0, min(rx1 + d, w)))
             inner = (slice(ry0 - ly0, ry1 - ly0), slice(rx0 - lx0, rx1 - lx0))
             exclude, classes = near_label_edges(around, d)[inner], around[inner]
-
-        def part(mask, rows, cols):
-            return None if mask is None else mask[rows, cols]
-
         for folder in folders:
             # x-steps: this tile's rows, from the column before it; y-steps: its columns, from the row above.
             rows, cols = slice(y0 - ry0, None), slice(None)
             folder.add(
-                lum[rows, cols], y0, rx0, axes="x", exclude=part(exclude, rows, cols), classes=part(classes, rows, cols)
+                lum[rows, cols],
+                y0,
+                rx0,
+                axes="x",
+                exclude=_part(exclude, rows, cols),
+                classes=_part(classes, rows, cols),
             )
             rows, cols = slice(None), slice(x0 - rx0, None)
             folder.add(
-                lum[rows, cols], ry0, x0, axes="y", exclude=part(exclude, rows, cols), classes=part(classes, rows, cols)
+                lum[rows, cols],
+                ry0,
+                x0,
+                axes="y",
+                exclude=_part(exclude, rows, cols),
+                classes=_part(classes, rows, cols),
             )
         if progress is not None:
             progress(i + 1, len(origins))
