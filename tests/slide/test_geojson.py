@@ -91,6 +91,10 @@ def test_scale_offset_and_clip_map_to_level_zero():
     assert (window != nearest).mean() < 0.01  # differences only at boundary pixels
     assert not imported.canvas[:50].any() and not imported.canvas[:, :100].any()
 
+    # an import with the origin of the offset undoes it exactly
+    shifted = geojson_to_labels(collection, class_names=NAMES, slide_shape=(240, 320), downsample=1, origin=(100, 50))
+    assert np.array_equal(shifted.canvas, imported.canvas[50:290, 100:420])
+
 
 def test_import_at_a_downsample_matches_canvas_mask_geometry():
     labels = tricky_labels()

@@ -11,7 +11,13 @@ from PIL import Image
 
 from napari_diffinfinite.errors import TrainingError
 from napari_diffinfinite.training.augment import NUM_SYMMETRIES, dihedral
-from napari_diffinfinite.training.datasets import TileDataset, TissueCondition, find_tiles, slide_downsample
+from napari_diffinfinite.training.datasets import (
+    TileDataset,
+    TissueCondition,
+    find_tiles,
+    grid_origin,
+    slide_downsample,
+)
 from napari_diffinfinite.training.runner import build_dataset, build_sources
 
 from .conftest import COLOURS, write_tiles
@@ -115,7 +121,9 @@ def test_slide_with_sparse_geojson(tmp_path: Path, image_config, mask_config) ->
     (tmp_path / "slide.geojson").write_text(json.dumps(geojson))  # found next to the slide
     assert slide_downsample(slide, 1.0) == 2.0
     (source,) = build_sources(image_config, slides=[slide], pixel_size_um=1.0)
-    assert source.shape == (256, 256) and source.labels.shape == (128, 128) and source.pixel_size_um == 1.0
+    # the 2x grid starts 1 level-0 px in (grid_origin): 255 training px fit, on 127 label px
+    assert source.origin == 1.0 and source.shape == (255, 255) and source.labels.shape == (127, 127)
+    assert source.pixel_size_um == 1.0
     assert (source.labels[:64, :64] == 1).all() and source.labels[64:].max() == 0 and source.labels[:, 64:].max() == 0
     assert source.tissue[:, :60].all() and not source.tissue[:, 70:].any()
     dataset = build_dataset(image_config, [source], min_tissue=0.5)
@@ -128,6 +136,27 @@ def test_slide_with_sparse_geojson(tmp_path: Path, image_config, mask_config) ->
     (mask_source,) = build_sources(mask_config, slides=[slide], downsample=2)
     masks = build_dataset(mask_config, [mask_source], min_labelled=0.5, condition=TissueCondition(background=1))
     assert "image" not in masks[(0, 0, 0, 0)] and masks[(0, 0, 0, 0)]["labels"].shape == (16, 16)
+
+
+def test_grid_origin_puts_jpeg_block_borders_inside_boxes() -> None:
+    assert [grid_origin(r) for r in (1.0, 1.5, 2.0, 2.5, 4.0, 8.0)] == [0, 0, 1, 1, 2, 4]
+
+
+def test_slide_read_at_4x_has_no_period_2_pattern_from_8px_blocks(tmp_path: Path, image_config) -> None:
+    """Level-0 columns in 8-px blocks of alternating tone (a JPEG block grid, exaggerated):
+    boxes of 4 from x = 0 would give gradients 0, 40, 0, 40, ...; from grid_origin, 20 each."""
+    tifffile = pytest.importorskip("tifffile")
+    pytest.importorskip("openslide")
+    columns = np.where((np.arange(512) // 8) % 2 == 0, 100, 140).astype(np.uint8)
+    image = np.repeat(np.broadcast_to(columns[None, :, None], (512, 512, 1)), 3, axis=2)
+    slide = tifffile.imwrite(
+        tmp_path / "blocks.tif", image, tile=(128, 128), photometric="rgb", resolution=(2e4, 2e4),
+        resolutionunit="CENTIMETER",
+    ) or tmp_path / "blocks.tif"  # fmt: skip
+    (source,) = build_sources(image_config, slides=[slide], downsample=4)
+    row = source.read_image(0, 0, 64)[0, :, 0].astype(int)
+    gradients = np.abs(np.diff(row))
+    assert gradients.min() == gradients.max() == 20, row[:8]
 
 
 def test_geojson_with_unknown_class_is_refused(tmp_path: Path, image_config) -> None:

@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 import shapely
+import shapely.affinity
 from scipy import ndimage
 from shapely.geometry import MultiPolygon, Polygon, box, mapping
 from shapely.geometry import shape as to_shape
@@ -489,6 +490,7 @@ def geojson_to_labels(
     on_unknown: str = "error",
     max_canvas_side: int = 4096,
     object_types: Sequence[str] = ANNOTATION_TYPES,
+    origin: tuple[float, float] = (0.0, 0.0),
 ) -> GeoJsonImport:
     """Rasterise QuPath GeoJSON annotations into a label canvas for generation.
 
@@ -503,7 +505,8 @@ def geojson_to_labels(
     ``object_types`` are painted (by default annotations: an "export all objects" file also
     holds every detected cell); the others are counted in ``skipped_objects``. A derived
     class (``names: ["dermis", "Positive"]``) that the model lacks is painted as its base
-    class when the model has that, and reported in ``derived``.
+    class when the model has that, and reported in ``derived``. ``origin``: the level-0 (x, y)
+    where the canvas's corner lies (a trainer reading a slide from an offset grid).
     """
     if on_unknown not in ("error", "skip"):
         raise ValueError(f"on_unknown must be 'error' or 'skip', got {on_unknown!r}")
@@ -560,6 +563,8 @@ def geojson_to_labels(
             continue
         if not geom.is_valid:
             geom = shapely.make_valid(geom)
+        if origin != (0.0, 0.0):
+            geom = shapely.affinity.translate(geom, -origin[0], -origin[1])
         planned.append((label, class_names[label], geom))
     if unknown and on_unknown == "error":
         found = ", ".join(f"{n!r} ({c} feature{'s' if c > 1 else ''})" for n, c in unknown.items())

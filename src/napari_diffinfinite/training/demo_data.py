@@ -38,6 +38,7 @@ from PIL import Image
 from scipy import ndimage
 
 from ..demo import DEMO_CLASS_COLORS, DEMO_CLASS_NAMES
+from .datasets import grid_origin
 
 BACKGROUND, DERMIS, EPIDERMIS = 1, 2, 3
 DEMO_DOWNSAMPLE = 4  # 0.499 um/px -> 1.996 um/px: a 128 px patch spans 256 um, glass/tissue edges included
@@ -66,7 +67,9 @@ def demo_slide() -> Path:
 
 
 def read_slide_rgb(path: str | Path, downsample: int = DEMO_DOWNSAMPLE) -> tuple[np.ndarray, float]:
-    """The whole slide through OpenSlide, box-downsampled by ``downsample``; and its um/px."""
+    """The whole slide through OpenSlide, box-downsampled by ``downsample`` on the trainer's
+    grid (from :func:`~.datasets.grid_origin`, as :class:`~.datasets.SlideSource` reads it);
+    and its um/px."""
     from ..slide.openslide_reader import open_real_slide
 
     with open_real_slide(path) as slide:
@@ -74,9 +77,12 @@ def read_slide_rgb(path: str | Path, downsample: int = DEMO_DOWNSAMPLE) -> tuple
         rgb = slide.read_region(0, 0, h, 0, w)
         mpp = float(np.mean(slide.pixel_size_um)) if slide.pixel_size_um else 0.5
     if downsample > 1:
-        out = (w // downsample, h // downsample)
+        o = grid_origin(downsample)
+        out = ((w - o) // downsample, (h - o) // downsample)
         rgb = np.asarray(
-            Image.fromarray(rgb[: out[1] * downsample, : out[0] * downsample]).resize(out, Image.Resampling.BOX)
+            Image.fromarray(rgb[o : o + out[1] * downsample, o : o + out[0] * downsample]).resize(
+                out, Image.Resampling.BOX
+            )
         )
     return rgb, mpp * downsample
 
@@ -142,12 +148,15 @@ def smooth_layout(labels: np.ndarray, pixel_size_um: float, sigma_um: float = LA
 
 
 def write_geojson(labels: np.ndarray, path: str | Path, downsample: float) -> Path:
-    """The label map as QuPath GeoJSON annotations in level-0 pixel coordinates."""
+    """The label map (of :func:`read_slide_rgb`'s image) as QuPath GeoJSON annotations in
+    level-0 pixel coordinates."""
     from ..slide.geojson import labels_to_geojson
 
+    o = float(grid_origin(downsample))
     collection = labels_to_geojson(
-        labels, class_names=DEMO_CLASS_NAMES, class_colors=DEMO_CLASS_COLORS, scale=float(downsample), skip_labels=(0,)
-    )
+        labels, class_names=DEMO_CLASS_NAMES, class_colors=DEMO_CLASS_COLORS, scale=float(downsample),
+        offset=(o, o), skip_labels=(0,),
+    )  # fmt: skip
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(collection))
