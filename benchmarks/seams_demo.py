@@ -29,8 +29,10 @@ import numpy as np
 import zarr
 
 from napari_diffinfinite import cli
+from napari_diffinfinite.errors import StoreError
 from napari_diffinfinite.evaluation.seams import seam_scores
 from napari_diffinfinite.sampling import sampler as sampler_module
+from napari_diffinfinite.slide.store import SlideStore
 
 
 def main() -> None:
@@ -77,13 +79,20 @@ def main() -> None:
         if cli.main(argv) != 0:
             raise SystemExit("generate failed")
         seconds = time.perf_counter() - started
-    image = np.asarray(zarr.open_group(args.out, mode="r")["0"])  # (3, H, W) uint8
+    image = np.moveaxis(np.asarray(zarr.open_group(args.out, mode="r")["0"]), 0, -1)  # (H, W, 3) uint8
     # control periods: the same score where no patch grid lies; the texture alone reaches it
     controls = (96, 112, 120, 136, 144, 160)
-    every = seam_scores(np.moveaxis(image, 0, -1), periods=(128, *controls))
+    every = seam_scores(image, periods=(128, *controls))
     scores = every[128]
     floor_x = float(np.median([every[p].x.score for p in controls]))
     floor_y = float(np.median([every[p].y.score for p in controls]))
+    # the evaluation's score with the layout (class borders left out, per-class normalised);
+    # periods 127 and 129 share no divisor with the 4 px pixel-unshuffle block or 2 px patterns
+    try:
+        labels = np.asarray(SlideStore.open(args.out).label_level(0)[:])
+    except StoreError:  # a slide generated without a layout
+        labels = None
+    with_layout = seam_scores(image, periods=(128, 127, 129), labels=labels)
     result = {
         "store": args.out,
         "size": args.size,
@@ -104,6 +113,7 @@ def main() -> None:
         "control_y_median": floor_y,
         "seam_excess_x": scores.x.score / floor_x,
         "seam_excess_y": scores.y.score / floor_y,
+        "with_layout": {str(p): {"x": v.x.score, "y": v.y.score} for p, v in with_layout.items()},
     }
     print(json.dumps(result))
 

@@ -100,7 +100,12 @@ def test_local_cluster_survives_a_worker_killed_mid_slide(tmp_path, tiny_image_m
         )
         runner.start()
         killed = None
-        with distributed.Client(cluster.scheduler_address) as client:
+        # Keep this second client open until generate_many returns: closing it while the
+        # other client waits in as_completed made that wait miss finished tasks about one run
+        # in four on a loaded 2-core machine (every task in memory on the scheduler, the
+        # waiting thread never woken; dask.distributed with two clients in one process).
+        client = distributed.Client(cluster.scheduler_address)
+        try:
             deadline = time.monotonic() + 120
             while killed is None and time.monotonic() < deadline and runner.is_alive():
                 for worker, keys in client.processing().items():
@@ -115,7 +120,9 @@ def test_local_cluster_survives_a_worker_killed_mid_slide(tmp_path, tiny_image_m
                     if killed:
                         break
                 time.sleep(0.05)
-        runner.join(timeout=600)
+            runner.join(timeout=600)
+        finally:
+            client.close()
     assert killed is not None, "no slide was caught mid-sampling"
     report = result["report"]
     assert report.failed == [] and report.done == [r.path for r in requests], report.summary()
