@@ -219,9 +219,9 @@ def grid_origin(ratio: float) -> int:
     Scanners store levels as JPEG tiles whose 8 x 8 blocks (16 x 16 for subsampled colour)
     start at 0; box-downsampled by 2 or 4 from 0, every 4th or 2nd border of the result is a
     block border, and its gradients alternate by a few % with that period (measured on the
-    demo slide at 4x: +-2 % at period 2). A model trained on it learns, and amplifies, the
-    pattern. Starting the boxes half a box later puts every block border mid-box, where it
-    is averaged away (+-0.3 %). 0 where ``ratio`` is under 2.
+    demo slide at 4x: +-2 % at period 2): a texture of the codec that a model would be
+    taught. Starting the boxes half a box later puts every block border mid-box, where it is
+    averaged away (+-0.3 %). 0 where ``ratio`` is under 2.
     """
     return int(ratio // 2) if ratio >= 2 else 0
 
