@@ -26,9 +26,8 @@ DEMO_CLASS_COLORS = [(0, 0, 0), (200, 200, 200), (230, 110, 170), (120, 40, 140)
 DEMO_PIXEL_SIZE_UM = 2.0
 DEMO_IMAGE_STEPS = 8
 DEMO_MASK_STEPS = 12
-DEMO_IMAGE_OMEGA = (
-    0.0  # tuned on held-out layouts (docs/model-card.md): the v model needs no guidance; 1-3 oversaturate the epidermis
-)
+# tuned on held-out layouts (docs/model-card.md): the v model needs no guidance; 1-3 oversaturate the epidermis
+DEMO_IMAGE_OMEGA = 0.0
 
 
 def demo_image_config() -> ModelConfig:

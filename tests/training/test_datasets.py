@@ -99,13 +99,15 @@ def test_unreadable_slide_is_refused(tmp_path: Path, image_config) -> None:
         build_sources(image_config, slides=[tmp_path / "missing.svs"])
 
 
-def _write_slide(path: Path) -> Path:
-    """A 512 x 512 generic tiled TIFF at 0.5 um/px: textured tissue on the left, glass on the right."""
+def _write_slide(path: Path, image: np.ndarray | None = None) -> Path:
+    """A 512 x 512 generic tiled TIFF at 0.5 um/px of ``image``, by default textured tissue on
+    the left and glass on the right."""
     tifffile = pytest.importorskip("tifffile")
     pytest.importorskip("openslide")
-    rng = np.random.default_rng(0)
-    image = np.full((512, 512, 3), 245, np.uint8)
-    image[:, :256] = np.clip(np.array([200, 110, 160]) + rng.integers(-30, 30, (512, 256, 3)), 0, 255)
+    if image is None:
+        rng = np.random.default_rng(0)
+        image = np.full((512, 512, 3), 245, np.uint8)
+        image[:, :256] = np.clip(np.array([200, 110, 160]) + rng.integers(-30, 30, (512, 256, 3)), 0, 255)
     tifffile.imwrite(
         path, image, tile=(128, 128), photometric="rgb", resolution=(2e4, 2e4), resolutionunit="CENTIMETER"
     )
@@ -145,14 +147,9 @@ def test_grid_origin_puts_jpeg_block_borders_inside_boxes() -> None:
 def test_slide_read_at_4x_has_no_period_2_pattern_from_8px_blocks(tmp_path: Path, image_config) -> None:
     """Level-0 columns in 8-px blocks of alternating tone (a JPEG block grid, exaggerated):
     boxes of 4 from x = 0 would give gradients 0, 40, 0, 40, ...; from grid_origin, 20 each."""
-    tifffile = pytest.importorskip("tifffile")
-    pytest.importorskip("openslide")
     columns = np.where((np.arange(512) // 8) % 2 == 0, 100, 140).astype(np.uint8)
     image = np.repeat(np.broadcast_to(columns[None, :, None], (512, 512, 1)), 3, axis=2)
-    slide = tifffile.imwrite(
-        tmp_path / "blocks.tif", image, tile=(128, 128), photometric="rgb", resolution=(2e4, 2e4),
-        resolutionunit="CENTIMETER",
-    ) or tmp_path / "blocks.tif"  # fmt: skip
+    slide = _write_slide(tmp_path / "blocks.tif", image)
     (source,) = build_sources(image_config, slides=[slide], downsample=4)
     row = source.read_image(0, 0, 64)[0, :, 0].astype(int)
     gradients = np.abs(np.diff(row))

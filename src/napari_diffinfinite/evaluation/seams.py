@@ -319,26 +319,17 @@ def seam_score_of_regions(
             around = np.asarray(read_labels(ly0, min(ry1 + d, h), lx0, min(rx1 + d, w)))
             inner = (slice(ry0 - ly0, ry1 - ly0), slice(rx0 - lx0, rx1 - lx0))
             exclude, classes = near_label_edges(around, d)[inner], around[inner]
+        # x-steps: this tile's rows, from the column before it; y-steps: its columns, from the row above.
+        parts = (
+            ("x", slice(y0 - ry0, None), slice(None), y0, rx0),
+            ("y", slice(None), slice(x0 - rx0, None), ry0, x0),
+        )
         for folder in folders:
-            # x-steps: this tile's rows, from the column before it; y-steps: its columns, from the row above.
-            rows, cols = slice(y0 - ry0, None), slice(None)
-            folder.add(
-                lum[rows, cols],
-                y0,
-                rx0,
-                axes="x",
-                exclude=_part(exclude, rows, cols),
-                classes=_part(classes, rows, cols),
-            )
-            rows, cols = slice(None), slice(x0 - rx0, None)
-            folder.add(
-                lum[rows, cols],
-                ry0,
-                x0,
-                axes="y",
-                exclude=_part(exclude, rows, cols),
-                classes=_part(classes, rows, cols),
-            )
+            for axis, rows, cols, fy, fx in parts:
+                folder.add(
+                    lum[rows, cols], fy, fx, axes=axis,
+                    exclude=_part(exclude, rows, cols), classes=_part(classes, rows, cols),
+                )  # fmt: skip
         if progress is not None:
             progress(i + 1, len(origins))
     return {f.period: f.result() for f in folders}
