@@ -74,6 +74,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--image-crop", type=int, default=64, help="image model: train on crops of this size (px)")
     p.add_argument("--image-objective", choices=["pred_noise", "pred_v"], default="pred_v",
                    help="image model: predict v (default: glass comes out white) or the noise (DiffInfinite's)")  # fmt: skip
+    p.add_argument("--lattice-weight", type=float, default=0.0,
+                   help="image model: weight of the pixel-unshuffle lattice penalty (training/objectives.py)")  # fmt: skip
     p.add_argument("--mask-batch", type=int, default=16)
     p.add_argument("--mask-downsample", type=int, default=4,
                    help="mask model: layouts at 1/N of the slide resolution (4 as upstream)")  # fmt: skip
@@ -155,6 +157,7 @@ def train(kind: str, data: dict, args: argparse.Namespace) -> dict:
             steps=args.image_steps, batch_size=args.image_batch, lr=args.lr, warmup_steps=50, lr_schedule="cosine",
             mask_mode="per-label-loss", cond_drop_prob=args.cond_drop, checkpoint_every=500, num_samples=4, sample_steps=25,
             ema_update_every=1, seed=0, max_minutes=args.max_minutes_image, log_every=20,
+            lattice_weight=args.lattice_weight,
         )  # fmt: skip
     else:
         dataset = build_dataset(config, sources, min_tissue=0.1, min_labelled=0.5,
@@ -183,6 +186,7 @@ def train(kind: str, data: dict, args: argparse.Namespace) -> dict:
         "init": "identity skip (training/init.py)" if config.objective == "pred_noise" else "PyTorch default",
         "objective": config.objective,
         "mask_mode": settings.mask_mode if kind == "image" else None, "cond_drop_prob": settings.cond_drop_prob,
+        "lattice_weight": settings.lattice_weight if kind == "image" else None,
         "first_loss": losses[0]["loss"] if losses else None, "last_loss": losses[-1]["loss"] if losses else None,
         "tiles": len(dataset), "tile_size_px": dataset.tile_size, "machine": machine(), "parameters": sum(p.numel() for p in new_model(config).unet.parameters()),
     }  # fmt: skip

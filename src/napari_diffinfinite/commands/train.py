@@ -17,7 +17,7 @@ from ..errors import TrainingError
 _SETTING_ARGS = {
     "steps": "steps", "batch_size": "batch_size", "lr": "lr", "lr_schedule": "lr_schedule",
     "warmup_steps": "warmup_steps", "grad_clip": "grad_clip", "ema_decay": "ema_decay", "ema_update_every": "ema_update_every",
-    "cond_drop": "cond_drop_prob", "mask_mode": "mask_mode", "amp": "amp",
+    "cond_drop": "cond_drop_prob", "mask_mode": "mask_mode", "lattice_weight": "lattice_weight", "amp": "amp",
     "checkpoint_every": "checkpoint_every", "keep_checkpoints": "keep_checkpoints",
     "num_samples": "num_samples", "sample_steps": "sample_steps", "seed": "seed", "workers": "num_workers",
     "max_minutes": "max_minutes", "log_every": "log_every",
@@ -164,6 +164,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="image models: the label map the network sees (default 'full', as upstream; 'per-label' "
         "shows one label at a time, as the sampler does; 'per-label-loss' also takes the loss only over that "
         "label's pixels)",
+    )
+    t.add_argument(
+        "--lattice-weight",
+        type=float,
+        help="pixel models with a pixel unshuffle: weight of the penalty on the unshuffle block's lattice "
+        "(default 0, off; see docs/training.md)",
     )
     t.add_argument(
         "--amp",

@@ -32,6 +32,16 @@ Cascade stages (``config.cascade``, ``diffinfinite train --cascade-from S``) lea
 at a random phase for image conditions (a patch meets the level below at any phase while
 sampling), given to the network exactly as the sampler gives it (:mod:`..model.cascade`).
 With ``objective: pred_v`` the network regresses ``v = sqrt(a) eps - sqrt(1 - a) x0``.
+
+``lattice_weight`` (pixel models with a pixel unshuffle f > 1 only) adds a penalty on the
+*block lattice*: such a network predicts each f x f block of pixels as f^2 channels of one
+position, and a small network learns the pixels inside a block more alike than pixels across
+block borders. Its x0 estimates then have a mean gradient that varies with the position
+modulo f (a few per cent), every sampling step adds it at the same phase, and the slide shows
+a fixed f px lattice that no real image has. The penalty (:func:`lattice_penalty`) is the
+squared deviation from flat of the phase profile (mean |gradient| by position modulo f,
+relative to its mean, per image and both axes, averaged over the batch by scored pixels) of
+the x0 estimate: zero for any estimate without a lattice, and blind to everything but the phase.
 """
 
 from __future__ import annotations
@@ -70,6 +80,69 @@ def _autocast_or_null(autocast: Callable[[], AbstractContextManager] | None) -> 
     return autocast() if autocast is not None else nullcontext()
 
 
+def phase_profile(pixels: torch.Tensor, period: int, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, 2, period): each image's mean |gradient| by position modulo ``period`` along x
+    (row 0) and y (row 1), divided by its mean over the phases.
+
+    Per image, so that flat glass counts as much as busy tissue (its lattice is a few tenths of
+    a grey level, but as visible against its flatness). ``weight`` (B, 1, H, W), if given,
+    weights each pixel pair by the product of its pixels' weights (e.g. only the pixels a
+    per-label loss scores); an image with no weight gets a profile of zeros."""
+    rows = []
+    for axis in (-1, -2):
+        n = pixels.shape[axis]
+        grad = (pixels.narrow(axis, 1, n - 1) - pixels.narrow(axis, 0, n - 1)).abs()
+        w = (
+            torch.ones_like(grad[:, :1])
+            if weight is None
+            else weight.narrow(axis, 1, n - 1) * weight.narrow(axis, 0, n - 1)
+        )
+        grad, w = grad.movedim(axis, -1), w.movedim(axis, -1)
+        sums = torch.stack([(grad[..., p::period] * w[..., p::period]).sum(dim=(1, 2, 3)) for p in range(period)], 1)
+        counts = torch.stack([w[..., p::period].sum(dim=(1, 2, 3)) for p in range(period)], 1)
+        means = sums / counts.clamp_min(1e-6)
+        rows.append(means / means.mean(dim=1, keepdim=True).clamp_min(1e-8))
+    return torch.stack(rows, 1)
+
+
+def lattice_penalty(x0_estimate: torch.Tensor, factor: int, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Squared deviation from flat (all ones) of the batch's mean phase profile
+    (:func:`phase_profile`, period ``factor``; images weighted by their scored pixels) of the x0
+    estimate, a latent of a pixel unshuffle by ``factor`` (see the module docstring); ``weight``
+    is at latent resolution.
+
+    Flat, not the real tile's profile: scanners store slides as JPEG, whose 16 px colour blocks
+    (4:2:0) are 4 px at a 4x downsample, and flat glass keeps their trace (the demo slide's
+    glass: a dip of 3 to 6 % at one phase of 4, on a gradient of 0.3 grey levels). Matched per image, that
+    would teach the generator the codec's lattice, which is what the penalty is there to remove."""
+    estimate = F.pixel_shuffle(x0_estimate, factor)
+    if weight is not None:
+        weight = F.interpolate(weight, scale_factor=factor, mode="nearest")
+    profile = phase_profile(estimate, factor, weight)
+    # each image's profile counts by its scored pixels: a sliver of one label is too few
+    # pixels for a profile, and its noise would otherwise count as much as a whole tile
+    pixels = torch.ones(len(profile), device=profile.device) if weight is None else weight.sum(dim=(1, 2, 3))
+    if not bool(pixels.sum() > 0):
+        return estimate.sum() * 0.0
+    share = pixels / pixels.sum()
+    return ((profile * share[:, None, None]).sum(dim=0) - 1.0).square().sum()
+
+
+def _alpha_bar(schedule: Schedule, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """alpha_bar at timesteps ``t``, shaped to broadcast over a batch like ``like``."""
+    return schedule.alphas_cumprod.to(like.device)[t].reshape(-1, *([1] * (like.ndim - 1)))
+
+
+def x0_estimate(
+    objective: str, schedule: Schedule, x_t: torch.Tensor, pred: torch.Tensor, t: torch.Tensor
+) -> torch.Tensor:
+    """The network's estimate of x0 from its prediction ``pred`` (noise or v) at ``x_t``."""
+    a = _alpha_bar(schedule, t, x_t)
+    if objective == "pred_v":
+        return a.sqrt() * x_t - (1 - a).sqrt() * pred
+    return (x_t - (1 - a).sqrt() * pred) / a.sqrt().clamp_min(1e-3)
+
+
 def regression_target(
     objective: str, schedule: Schedule, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor
 ) -> torch.Tensor:
@@ -77,20 +150,37 @@ def regression_target(
     ``v = sqrt(a) eps - sqrt(1 - a) x0`` (``pred_v``)."""
     if objective != "pred_v":
         return noise
-    a = schedule.alphas_cumprod.to(x0.device)[t].reshape(-1, *([1] * (x0.ndim - 1)))
+    a = _alpha_bar(schedule, t, x0)
     return a.sqrt() * noise - (1 - a).sqrt() * x0
 
 
 class ImageObjective:
     """Noise-prediction loss of the mask-conditioned image model (see the module docstring)."""
 
-    def __init__(self, config: ModelConfig, codec, *, cond_drop_prob: float = 0.1, mask_mode: str = "full") -> None:
+    def __init__(
+        self,
+        config: ModelConfig,
+        codec,
+        *,
+        cond_drop_prob: float = 0.1,
+        mask_mode: str = "full",
+        lattice_weight: float = 0.0,
+    ) -> None:
         if config.kind != "image":
             raise TrainingError(f"ImageObjective needs an image model config, not a {config.kind} model")
         if mask_mode not in MASK_MODES:
             raise TrainingError(f"mask mode must be one of {', '.join(MASK_MODES)}, not {mask_mode!r}")
         if not 0.0 <= cond_drop_prob <= 1.0:
             raise TrainingError(f"condition dropout must be a probability in [0, 1], got {cond_drop_prob}")
+        if lattice_weight < 0:
+            raise TrainingError(f"the lattice weight must be 0 (off) or positive, got {lattice_weight}")
+        if lattice_weight and (config.codec != "identity" or config.pixel_unshuffle < 2):
+            raise TrainingError(
+                "the lattice penalty is for pixel models with a pixel unshuffle of 2 or more (their f x f block "
+                f"lattice); this model has codec {config.codec!r}, pixel_unshuffle {config.pixel_unshuffle}: "
+                "leave --lattice-weight out"
+            )
+        self.lattice_weight = float(lattice_weight)
         self.config = config
         self.codec = codec
         self.cond_drop_prob = cond_drop_prob
@@ -194,12 +284,18 @@ class ImageObjective:
         target = regression_target(self.config.objective, self.schedule, x0, noise, t)
         with _autocast_or_null(autocast):
             pred = net(x_t, t, masks[:, None].float(), *extra)
+        weight = None
         if self.mask_mode != "per-label-loss":
-            return F.mse_loss(pred.float(), target), counts
-        shown = masks[:, None] > 0
-        weight = torch.where(shown.flatten(1).any(dim=1)[:, None, None, None], shown, True).float()
-        squared = (pred.float() - target).square() * weight
-        return squared.sum() / (weight.sum() * noise.shape[1]).clamp_min(1.0), counts
+            loss = F.mse_loss(pred.float(), target)
+        else:
+            shown = masks[:, None] > 0
+            weight = torch.where(shown.flatten(1).any(dim=1)[:, None, None, None], shown, True).float()
+            squared = (pred.float() - target).square() * weight
+            loss = squared.sum() / (weight.sum() * noise.shape[1]).clamp_min(1.0)
+        if self.lattice_weight:
+            estimate = x0_estimate(self.config.objective, self.schedule, x_t, pred.float(), t)
+            loss = loss + self.lattice_weight * lattice_penalty(estimate, self.config.pixel_unshuffle, weight)
+        return loss, counts
 
 
 class MaskObjective:

@@ -125,7 +125,10 @@ def build_dataset(
 
 def build_objective(config: ModelConfig, codec, settings: TrainSettings) -> ImageObjective | MaskObjective:
     if config.kind == "image":
-        return ImageObjective(config, codec, cond_drop_prob=settings.cond_drop_prob, mask_mode=settings.mask_mode)
+        return ImageObjective(
+            config, codec, cond_drop_prob=settings.cond_drop_prob, mask_mode=settings.mask_mode,
+            lattice_weight=settings.lattice_weight,
+        )  # fmt: skip
     return MaskObjective(config, codec, cond_drop_prob=settings.cond_drop_prob)
 
 

@@ -87,6 +87,7 @@ class TrainSettings:
     ema_power: float = 2.0 / 3.0
     cond_drop_prob: float = 0.1
     mask_mode: str = "full"
+    lattice_weight: float = 0.0  # pixel-unshuffle models: weight of the block-lattice penalty (objectives.py)
     amp: str = "auto"
     checkpoint_every: int = 1000
     keep_checkpoints: int = 5
@@ -112,6 +113,8 @@ class TrainSettings:
             problems.append(f"amp must be one of {', '.join(AMP_CHOICES)}, not {self.amp!r}")
         if self.checkpoint_every < 1:
             problems.append(f"checkpoint interval must be at least 1 step, got {self.checkpoint_every}")
+        if self.lattice_weight < 0:
+            problems.append(f"lattice weight must be 0 (off) or positive, got {self.lattice_weight}")
         if self.grad_clip <= 0:
             problems.append(f"gradient clipping norm must be positive, got {self.grad_clip}")
         if problems:
