@@ -60,7 +60,9 @@ def test_panel_holds_every_step_and_fits_a_1080p_screen(make_napari_viewer, qtbo
     steps = panel.steps()
     assert {type(w).__name__ for w in steps.values()} == set(WIDGETS.values()) - {"DiffInfinitePanel"}
     assert all(w.state is panel.state for w in steps.values())
-    assert viewer.scale_bar.visible
+    from napari_diffinfinite.widgets._panel import scale_bar
+
+    assert scale_bar(viewer).visible
     assert dock.minimumSizeHint().height() < 700 and dock.minimumSizeHint().width() <= 480
 
     checkpoints = panel.show_step("Checkpoints")

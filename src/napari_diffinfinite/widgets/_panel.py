@@ -26,6 +26,14 @@ if TYPE_CHECKING:
 PANEL_WIDTH = 420
 
 
+def scale_bar(viewer):
+    """The viewer's scale bar overlay: ``viewer.canvas.overlays.scale_bar`` since napari 0.9
+    (``viewer.scale_bar``, deprecated there, before)."""
+    canvas = getattr(viewer, "canvas", None)
+    overlays = getattr(canvas, "overlays", None)
+    return getattr(overlays, "scale_bar", None) or viewer.scale_bar
+
+
 class DiffInfinitePanel(QWidget):
     """Checkpoints, Mask canvas, Generate and Export as tabs of one dock."""
 
@@ -49,7 +57,7 @@ class DiffInfinitePanel(QWidget):
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.tabs)
         self.setMinimumWidth(PANEL_WIDTH)
-        napari_viewer.scale_bar.visible = True
+        scale_bar(napari_viewer).visible = True
         self.state.store_changed.connect(self._refresh_export_sources)
 
     def steps(self) -> dict[str, QWidget]:
