@@ -110,3 +110,15 @@ def test_lattice_penalty_gradient_is_finite_when_an_image_has_no_scored_pixels()
 def test_negative_lattice_weight_is_refused() -> None:
     with pytest.raises(TrainingError, match="lattice weight"):
         ImageObjective(tiny_image_config(), IdentityCodec(4), lattice_weight=-1.0)
+
+
+def test_a_mask_run_with_a_lattice_weight_is_refused() -> None:
+    """Mask objectives have no lattice penalty: a weight given for one is an error, not ignored."""
+    from napari_diffinfinite.testing import tiny_mask_config
+    from napari_diffinfinite.training.runner import build_objective
+    from napari_diffinfinite.training.trainer import TrainSettings
+
+    config = tiny_mask_config()
+    with pytest.raises(TrainingError, match="mask model"):
+        build_objective(config, IdentityCodec(config.pixel_unshuffle), TrainSettings(lattice_weight=1.0))
+    build_objective(config, IdentityCodec(config.pixel_unshuffle), TrainSettings())

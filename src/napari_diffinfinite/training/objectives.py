@@ -284,16 +284,17 @@ class ImageObjective:
         target = regression_target(self.config.objective, self.schedule, x0, noise, t)
         with _autocast_or_null(autocast):
             pred = net(x_t, t, masks[:, None].float(), *extra)
+        pred = pred.float()
         weight = None
         if self.mask_mode != "per-label-loss":
-            loss = F.mse_loss(pred.float(), target)
+            loss = F.mse_loss(pred, target)
         else:
             shown = masks[:, None] > 0
             weight = torch.where(shown.flatten(1).any(dim=1)[:, None, None, None], shown, True).float()
-            squared = (pred.float() - target).square() * weight
+            squared = (pred - target).square() * weight
             loss = squared.sum() / (weight.sum() * noise.shape[1]).clamp_min(1.0)
         if self.lattice_weight:
-            estimate = x0_estimate(self.config.objective, self.schedule, x_t, pred.float(), t)
+            estimate = x0_estimate(self.config.objective, self.schedule, x_t, pred, t)
             loss = loss + self.lattice_weight * lattice_penalty(estimate, self.config.pixel_unshuffle, weight)
         return loss, counts
 

@@ -129,6 +129,11 @@ def build_objective(config: ModelConfig, codec, settings: TrainSettings) -> Imag
             config, codec, cond_drop_prob=settings.cond_drop_prob, mask_mode=settings.mask_mode,
             lattice_weight=settings.lattice_weight,
         )  # fmt: skip
+    if settings.lattice_weight:
+        raise TrainingError(
+            "the lattice penalty is for image models (their pixel-unshuffle lattice); leave --lattice-weight out "
+            "when training a mask model"
+        )
     return MaskObjective(config, codec, cond_drop_prob=settings.cond_drop_prob)
 
 

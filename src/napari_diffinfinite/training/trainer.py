@@ -113,8 +113,6 @@ class TrainSettings:
             problems.append(f"amp must be one of {', '.join(AMP_CHOICES)}, not {self.amp!r}")
         if self.checkpoint_every < 1:
             problems.append(f"checkpoint interval must be at least 1 step, got {self.checkpoint_every}")
-        if self.lattice_weight < 0:
-            problems.append(f"lattice weight must be 0 (off) or positive, got {self.lattice_weight}")
         if self.grad_clip <= 0:
             problems.append(f"gradient clipping norm must be positive, got {self.grad_clip}")
         if problems:
