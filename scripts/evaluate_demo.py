@@ -21,7 +21,8 @@ the period) and each class's gradients divided by their mean (glass is flat, tis
 Mask model (``--mask-model``): layouts for a 2048 x 2048 slide (``--layout-size``) under condition 1
 ("tissue", the CLI default) and 0 ("any"), after the sampler's clean-up: the fraction that is
 "unknown" and the class fractions, against the windows of the training layout the mask model
-learnt from.
+learnt from (and those windows put through the same clean-up: the floor of the "unknown" fraction
+at the model's resolution).
 
 Writes ``WORK/evaluation.json`` (default ``build/demo-eval``) and, unless ``--no-images``,
 ``docs/images/demo-side-by-side.png`` (layout | generated | real slide or segmentation) and
@@ -48,6 +49,7 @@ from napari_diffinfinite import engine
 from napari_diffinfinite.demo import DEMO_CLASS_COLORS, DEMO_CLASS_NAMES
 from napari_diffinfinite.evaluation.adherence import HESegmenter, layout_adherence, named_mapping
 from napari_diffinfinite.evaluation.seams import seam_score
+from napari_diffinfinite.sampling.mask_sampler import clean_mask
 from napari_diffinfinite.slide.masks import CanvasMask
 from napari_diffinfinite.training import demo_data
 from napari_diffinfinite.training.previews import colour_labels
@@ -188,15 +190,24 @@ def evaluate_image_model(args: argparse.Namespace) -> tuple[dict, dict]:
     return results, pictures
 
 
-def training_windows(labels: np.ndarray, window: int, stride: int, min_tissue: float) -> np.ndarray:
-    """Class pixel counts over the windows of ``labels`` with at least ``min_tissue`` tissue."""
+def training_windows(
+    labels: np.ndarray, window: int, stride: int, min_tissue: float, counted: np.ndarray | None = None
+) -> np.ndarray:
+    """Class pixel counts over the windows of ``labels`` with at least ``min_tissue`` tissue
+    (counted in ``counted``, the same windows of another label map, if given)."""
+    counted = labels if counted is None else counted
     counts = np.zeros(len(DEMO_CLASS_NAMES), np.int64)
     for y in range(0, labels.shape[0] - window + 1, stride):
         for x in range(0, labels.shape[1] - window + 1, stride):
-            w = labels[y : y + window, x : x + window]
-            if (w != BACKGROUND).mean() >= min_tissue:
-                counts += np.bincount(w.ravel(), minlength=len(counts))
+            if (labels[y : y + window, x : x + window] != BACKGROUND).mean() >= min_tissue:
+                counts += np.bincount(counted[y : y + window, x : x + window].ravel(), minlength=len(counts))
     return counts
+
+
+def known_fractions(counts: np.ndarray) -> dict[str, float]:
+    """Class fractions of the pixels that are not "unknown"."""
+    total = int(counts[1:].sum())
+    return {n: round(int(c) / total, 3) if total else None for n, c in zip(DEMO_CLASS_NAMES[1:], counts[1:])}
 
 
 def fractions(counts: np.ndarray) -> dict[str, float]:
@@ -215,6 +226,15 @@ def evaluate_mask_model(args: argparse.Namespace) -> tuple[dict, dict]:
         0: fractions(training_windows(small, model.config.patch_size, 8, 0.1)),
         1: fractions(training_windows(small, model.config.patch_size, 8, 0.5)),
     }
+    # the same windows put through the sampler's clean-up: what a model that drew them exactly would score
+    cleaned = clean_mask(small)
+    reference_cleaned = {
+        c: {"unknown": fractions(counts)["unknown"], "fractions_of_known": known_fractions(counts)}
+        for c, counts in (
+            (0, training_windows(small, model.config.patch_size, 8, 0.1, cleaned)),
+            (1, training_windows(small, model.config.patch_size, 8, 0.5, cleaned)),
+        )
+    }
     side = args.layout_size
     results: dict = {"model": model.source, "size": f"{side}x{side}", "steps": args.mask_steps or model.config.sampling_steps,
                      "conditions": {}}  # fmt: skip
@@ -232,6 +252,7 @@ def evaluate_mask_model(args: argparse.Namespace) -> tuple[dict, dict]:
         results["conditions"][str(condition)] = {
             "unknown": sampled["unknown"], "fractions": sampled, "fractions_of_known": known,
             "training_fractions": ref,
+            "training_windows_cleaned": reference_cleaned[condition],
             "max_difference_points": difference,
             "seconds": round(seconds, 1),
         }  # fmt: skip

@@ -81,6 +81,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="mask model: layouts at 1/N of the slide resolution (4 as upstream)")  # fmt: skip
     p.add_argument("--mask-objective", choices=["pred_noise", "pred_v"], default="pred_noise",
                    help="mask model: predict the noise (DiffInfinite's) or v")  # fmt: skip
+    p.add_argument("--mask-encoding", choices=["grey", "one-hot"], default="grey",
+                   help="mask model: labels as DiffInfinite's grey levels or one RGB channel per class")  # fmt: skip
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (warm-up 50 steps, cosine decay)")
     p.add_argument("--max-minutes-image", type=float, default=120.0, help="wall-clock cap of the image model run")
     p.add_argument("--max-minutes-mask", type=float, default=90.0, help="wall-clock cap of the mask model run")
@@ -148,6 +150,8 @@ def train(kind: str, data: dict, args: argparse.Namespace) -> dict:
     config.objective = args.image_objective if kind == "image" else args.mask_objective
     if kind == "mask":
         config.mask_downsample = args.mask_downsample
+        config.mask_encoding = args.mask_encoding
+        config.validate()
     geojson = data["geojson"] if kind == "image" else data["smooth_geojson"]
     sources = build_sources(config, slides=[data["slide"]], annotations=[geojson],
                             downsample=demo_data.DEMO_DOWNSAMPLE)  # fmt: skip

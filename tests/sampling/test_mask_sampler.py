@@ -4,17 +4,8 @@ import torch
 
 from napari_diffinfinite.model.config import ModelConfig
 from napari_diffinfinite.model.pretrained import DiffusionModel
-from napari_diffinfinite.sampling.mask_sampler import clean_mask, layout_shape, quantize_mask, sample_layout
+from napari_diffinfinite.sampling.mask_sampler import clean_mask, layout_shape, sample_layout
 from napari_diffinfinite.sampling.schedule import Schedule
-
-
-def test_quantize_mask_official_rounding():
-    image = np.zeros((3, 4, 4), np.float32)
-    image[:, :2] = 1 / 3  # label 1 of 4 levels
-    image[:, 2:, :2] = 1.0  # label 3
-    image[0, 3, 3] = 0.9  # channels disagree: mean of rounded levels, rounded
-    levels = quantize_mask(image, 4)
-    assert levels[0, 0] == 1 and levels[2, 0] == 3 and levels[2, 3] == 0 and levels[3, 3] == 1
 
 
 def test_clean_mask_removes_boundaries_and_slivers():
@@ -60,3 +51,21 @@ def test_a_v_predicting_mask_model_samples_its_layout(tiny_mask_model, mask_code
     assert (canvas == 2).all()
     wrong = DiffusionModel(config=tiny_mask_model.config, unet=_OracleV(1.0, "pred_v"), sha256="", source="oracle")
     assert (sample_layout(wrong, mask_codec, (128, 128), seed=0, steps=1) != 2).mean() > 0.05  # v read as noise
+
+
+@pytest.mark.parametrize("label", [1, 2])
+def test_a_one_hot_mask_model_samples_its_layout(tiny_mask_model, mask_codec, label):
+    """The sampler reads a one-hot model's image by its channels: an oracle for one label's
+    colour gives that label everywhere."""
+    from napari_diffinfinite.model.mask_encoding import labels_to_image
+
+    config = ModelConfig.from_dict(
+        {**tiny_mask_model.config.to_dict(), "objective": "pred_v", "mask_encoding": "one-hot"}
+    )
+    x0 = mask_codec.encode(labels_to_image(torch.full((1, 2, 2), label), 3, "one-hot"))[:, :, :1, :1]
+    model = DiffusionModel(config=config, unet=_OracleV(x0, "pred_v"), sha256="", source="oracle")
+    assert (sample_layout(model, mask_codec, (128, 128), seed=0, steps=1) == label).all()
+    if label == 2:  # dermis's channel alone, read as grey levels, is a third of white: label 1
+        grey_config = ModelConfig.from_dict({**config.to_dict(), "mask_encoding": "grey"})
+        grey = DiffusionModel(config=grey_config, unet=_OracleV(x0, "pred_v"), sha256="", source="oracle")
+        assert (sample_layout(grey, mask_codec, (128, 128), seed=0, steps=1) == 1).all()

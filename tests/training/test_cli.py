@@ -43,6 +43,21 @@ def test_train_mask_model_with_tissue_condition(tiles: Path, tmp_path: Path, cap
     model = load_model(out / "model")
     assert model.config.kind == "mask" and model.config.condition_names == ["any", "tissue"]
     assert model.config.num_labels == 4 and model.config.mask_downsample == 2
+    assert model.config.mask_encoding == "grey"
+
+
+def test_mask_encoding_is_saved_and_refused_where_it_cannot_hold(tiles: Path, tmp_path: Path, capsys) -> None:
+    args = ["train", "mask", "--tiles", str(tiles), "--steps", "1", "--dim", "8", "--patch-size", "16",
+            "--pixel-unshuffle", "2", "--mask-downsample", "2", "--batch-size", "2", "--num-samples", "1",
+            "--sample-steps", "2", "--device", "cpu", "-q", "--mask-encoding", "one-hot"]  # fmt: skip
+    assert main([*args, "--classes", "background,pink,purple", "--out", str(tmp_path / "one-hot")]) == 0
+    assert load_model(tmp_path / "one-hot" / "model").config.mask_encoding == "one-hot"
+    capsys.readouterr()
+    assert main([*args, "--classes", "a,b,c,d", "--out", str(tmp_path / "five")]) == 1
+    assert "at most 3 classes" in capsys.readouterr().err and not (tmp_path / "five").exists()
+    image = ["train", "image", "--tiles", str(tiles), "--steps", "1", "--mask-encoding", "one-hot", *TINY]
+    assert main([*image, "--out", str(tmp_path / "image")]) == 1
+    assert "--mask-encoding is for mask models" in capsys.readouterr().err and not (tmp_path / "image").exists()
 
 
 def test_bad_data_gives_a_clear_error(tmp_path: Path, capsys) -> None:

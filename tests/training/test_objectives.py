@@ -41,3 +41,12 @@ def test_mask_objective_regresses_its_target(objective):
     other = "pred_noise" if objective == "pred_v" else "pred_v"
     wrong, _ = objective_.loss(_Oracle(x0, alphas, other), batch, torch.Generator().manual_seed(0), torch.device("cpu"))
     assert float(wrong) > 0.01
+
+
+def test_mask_objective_writes_labels_in_the_models_encoding():
+    labels = torch.tensor([[[0, 1, 2]]])
+    grey = MaskObjective(tiny_mask_config(), IdentityCodec(1)).mask_images(labels)
+    assert grey[0, :, 0, 2].tolist() == [1.0, 1.0, 1.0]  # label 2 of 3: white in every channel
+    config = ModelConfig.from_dict({**tiny_mask_config().to_dict(), "mask_encoding": "one-hot"})
+    one_hot = MaskObjective(config, IdentityCodec(1)).mask_images(labels)
+    assert one_hot[0, :, 0].T.tolist() == [[0, 0, 0], [1, 0, 0], [0, 1, 0]]

@@ -113,6 +113,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         type=int,
         help="mask models: slide pixels per mask pixel (default 4, as upstream: layouts at 1/4 size)",
     )
+    m.add_argument(
+        "--mask-encoding",
+        choices=["grey", "one-hot"],
+        help="mask models: labels as DiffInfinite's grey levels (default) or one RGB channel per class "
+        "(at most 3 classes; uncertainty between two classes never reads as a third)",
+    )
     m.add_argument("--sampling-steps", type=int, help="default DDIM steps recorded in the model")
     m.add_argument("--vae", help="folder of the Stable Diffusion 2 VAE (latent models only)")
     m.add_argument(
@@ -232,6 +238,8 @@ def _model(args: argparse.Namespace, saved_config: dict[str, Any] | None):
         raise TrainingError("--cascade-condition needs --cascade-from SCALE")
     if args.cascade_from and args.kind != "image":
         raise TrainingError("--cascade-from trains image models only (cascade stages are image models)")
+    if args.mask_encoding and args.kind != "mask":
+        raise TrainingError("--mask-encoding is for mask models: diffinfinite train mask ...")
     cascade = None
     if args.cascade_from:
         cascade = {"parent_scale": args.cascade_from, "condition": args.cascade_condition or "image"}
@@ -242,6 +250,11 @@ def _model(args: argparse.Namespace, saved_config: dict[str, Any] | None):
             raise TrainingError(
                 f"--init {args.init} is a model with cascade {model.config.cascade} and objective "
                 f"{model.config.objective}; train from it without --cascade-from/--objective, or start a new model"
+            )
+        if args.mask_encoding and model.config.mask_encoding != args.mask_encoding:
+            raise TrainingError(
+                f"--init {args.init} encodes its layouts as {model.config.mask_encoding!r}; train from it without "
+                "--mask-encoding, or start a new model"
             )
         wanted = [n.casefold() for n in parse_class_names(args.classes)] if args.classes else None
         if wanted is not None and [n.casefold() for n in model.config.class_names] != wanted:
@@ -254,7 +267,8 @@ def _model(args: argparse.Namespace, saved_config: dict[str, Any] | None):
         args.kind, preset=args.preset, class_names=args.classes, unet=unet,
         condition_names=args.conditions.split(",") if args.conditions else None,
         patch_size=args.patch_size, pixel_unshuffle=args.pixel_unshuffle, sampling_steps=args.sampling_steps,
-        mask_downsample=args.mask_downsample if args.kind == "mask" else None, cascade=cascade, objective=objective,
+        mask_downsample=args.mask_downsample if args.kind == "mask" else None, mask_encoding=args.mask_encoding,
+        cascade=cascade, objective=objective,
     )  # fmt: skip
     model = new_model(config, seed=args.seed or 0, source="new")
     if args.identity_init:

@@ -212,6 +212,7 @@ def describe_model(model: DiffusionModel) -> dict[str, Any]:
         "sampling_steps": c.sampling_steps,
         **({"default_omega": c.default_omega} if c.default_omega is not None else {}),
         **({"objective": c.objective} if c.objective != "pred_noise" else {}),
+        **({"mask_encoding": c.mask_encoding} if c.kind == "mask" else {}),
         **(
             {
                 "cascade": f"stage at {c.cascade['parent_scale']}x the magnification below, conditioned on its "

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CheckpointError
+from .mask_encoding import encoding_problem
 
 FORMAT_VERSION = 1
 
@@ -171,6 +172,10 @@ def _model_problems(c: ModelConfig) -> list[str]:
     if c.kind == "image" and c.num_labels is not None and c.num_labels != c.unet.num_classes:
         problems.append(f"num_labels ({c.num_labels}) is for mask models; an image model has unet.num_classes labels")
     labels = c.num_labels if c.kind == "mask" and c.num_labels else c.unet.num_classes
+    if c.kind == "image" and c.mask_encoding != "grey":
+        problems.append("mask_encoding is for mask models; leave it out of an image model's config")
+    elif (problem := encoding_problem(c.mask_encoding, labels)) is not None:
+        problems.append(problem)
     problems += _names_problems("class_names", c.class_names, labels)
     if not isinstance(c.class_colors, list):
         problems.append(f"class_colors must be a list of [R, G, B] colours, got {_json_type(c.class_colors)}")
@@ -282,6 +287,8 @@ class ModelConfig:
     small network cover f*f times more pixels per evaluation).
     ``patch_size``: side of a sampled patch in pixels (the network sees
     ``patch_size // scale_factor`` latent pixels).
+    ``mask_encoding``: how a mask model writes labels as an image, DiffInfinite's ``"grey"``
+    or ``"one-hot"`` (one RGB channel per class; see :mod:`.mask_encoding`).
     ``objective``: what the network predicts, the noise (``pred_noise``, DiffInfinite's) or
     the velocity ``v = sqrt(a) eps - sqrt(1 - a) x0`` (``pred_v``, stabler for cascade stages).
     ``cascade``: ``None`` for a model that samples a slide alone, or
@@ -308,6 +315,7 @@ class ModelConfig:
     num_labels: int | None = None
     condition_names: list[str] | None = None
     mask_downsample: int = 4
+    mask_encoding: str = "grey"
     pixel_unshuffle: int = 1
     description: str = ""
     format_version: int = FORMAT_VERSION
@@ -352,6 +360,8 @@ class ModelConfig:
         data = dataclasses.asdict(self)
         data["unet"]["dim_mults"] = list(self.unet.dim_mults)
         data["class_colors"] = [list(c) for c in self.class_colors]
+        if self.mask_encoding == "grey":  # DiffInfinite's encoding: config.json as it always was
+            del data["mask_encoding"]
         if self.cascade is None:  # single-scale models keep the config.json they always had
             del data["cascade"]
             if not self.unet.condition_channels:

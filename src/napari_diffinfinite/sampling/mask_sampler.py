@@ -1,8 +1,9 @@
 """Tissue layouts from DiffInfinite's mask model.
 
 As in the official code, the layout is sampled at a fraction (``mask_downsample``, 1/4)
-of the slide size with the same random-patch scheme as images, decoded to a grey image,
-quantised to ``num_labels`` levels and cleaned: class boundaries are set to "unknown" (0)
+of the slide size with the same random-patch scheme as images, decoded to an image, read
+as labels (:mod:`~napari_diffinfinite.model.mask_encoding`: the official grey levels, or
+one channel per class) and cleaned: class boundaries are set to "unknown" (0)
 and a 6 x 6 minimum filter removes slivers. The result is a label canvas that a
 :class:`~napari_diffinfinite.slide.masks.CanvasMask` upsamples (nearest) on demand.
 """
@@ -15,17 +16,12 @@ from scipy import ndimage
 from skimage.segmentation import find_boundaries
 
 from ..model.codec import Codec
+from ..model.mask_encoding import image_to_labels
 from ..model.pretrained import DiffusionModel
 from ..progress import CancelToken, ProgressCallback
 from .decode import decode_tiles
 from .guidance import ClassGuidedDenoiser
 from .sampler import RandomPatchSampler
-
-
-def quantize_mask(image: np.ndarray, num_labels: int) -> np.ndarray:
-    """(3, h, w) grey image in [0, 1] -> uint8 levels 0..num_labels-1 (official rounding)."""
-    levels = np.rint((num_labels - 1) * image)
-    return np.rint(levels.mean(axis=0)).astype(np.uint8)
 
 
 def clean_mask(levels: np.ndarray, min_filter: int = 6) -> np.ndarray:
@@ -104,7 +100,7 @@ def sample_layout(
         cancel=cancel,
     )
     num_labels = config.num_labels or len(config.class_names)
-    levels = quantize_mask(grey[:, : canvas[0], : canvas[1]], num_labels)
+    levels = image_to_labels(grey[:, : canvas[0], : canvas[1]], num_labels, config.mask_encoding)
     return clean_mask(levels)
 
 

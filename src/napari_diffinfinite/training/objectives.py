@@ -11,9 +11,9 @@ the network's output on ``eps`` with the L2 loss (the official sample config's
   and its attention queries from the binarised map. An all-zero map is the unconditional
   branch of classifier-free guidance: unlabelled tiles train it, and so does *condition
   dropout*, which zeroes the map of a labelled tile with probability ``cond_drop_prob``.
-* :class:`MaskObjective`: the latent encodes a mask image whose grey level is
-  ``label / (num_labels - 1)`` in all three channels (what the mask sampler decodes and
-  quantises); the condition is a class index, replaced by the learned null embedding with
+* :class:`MaskObjective`: the latent encodes a mask image in the model's ``mask_encoding``
+  (DiffInfinite's grey ``label / (num_labels - 1)`` in all three channels, or one channel per
+  class; :mod:`..model.mask_encoding`, which the mask sampler reads back); the condition is a class index, replaced by the learned null embedding with
   probability ``cond_drop_prob``.
 
 ``mask_mode`` of the image objective: ``"full"`` (the official training) feeds the whole
@@ -56,6 +56,7 @@ import torch.nn.functional as F
 from ..errors import TrainingError
 from ..model.cascade import block_mean, condition_field
 from ..model.config import ModelConfig
+from ..model.mask_encoding import labels_to_image
 from ..sampling.schedule import Schedule
 
 MASK_MODES = ("full", "per-label", "per-label-loss")
@@ -317,12 +318,11 @@ class MaskObjective:
         self.num_conditions = config.unet.num_classes
 
     def mask_images(self, labels: torch.Tensor) -> torch.Tensor:
-        """(B, h, w) labels -> (B, 3, h, w) grey images, grey = label / (num_labels - 1)."""
+        """(B, h, w) labels -> (B, 3, h, w) images in the model's ``mask_encoding``."""
         top = int(labels.max()) if labels.numel() else 0
         if top >= self.num_labels:
             raise TrainingError(f"a training mask has label {top} but the mask model has {self.num_labels} labels")
-        grey = labels.float() / max(1, self.num_labels - 1)
-        return grey[:, None].expand(-1, 3, -1, -1).contiguous()
+        return labels_to_image(labels, self.num_labels, self.config.mask_encoding)
 
     def loss(
         self,

@@ -3,7 +3,7 @@
 Image models: for a few fixed training tiles, a row ``[real tile | its labels | sample]``,
 the sample drawn by the same parallel random-patch DDIM sampler as ``diffinfinite
 generate``, conditioned on the tile's own label map. Mask models: ``[real layout |
-sampled grey mask | sampled layout]`` conditioned on the tile's condition. Tiles and noise
+sampled mask image | sampled layout]`` conditioned on the tile's condition. Tiles and noise
 are fixed by the seed, so successive checkpoints show the same rows.
 """
 
@@ -15,9 +15,9 @@ from PIL import Image
 
 from ..model.cascade import block_mean
 from ..model.config import ModelConfig
+from ..model.mask_encoding import image_to_labels
 from ..sampling.canvas import ConditionCanvas
 from ..sampling.guidance import ClassGuidedDenoiser
-from ..sampling.mask_sampler import quantize_mask
 from ..sampling.sampler import RandomPatchSampler
 
 
@@ -96,7 +96,7 @@ def sample_mask_tiles(
     steps: int | None = None,
     device: str | torch.device = "cpu",
 ) -> list[np.ndarray]:
-    """One (3, H, W) float grey mask image in [0, 1] per condition (no guidance, as upstream)."""
+    """One (3, H, W) float mask image in [0, 1] per condition (no guidance, as upstream)."""
     was_training = unet.training
     unet.eval()
     out = []
@@ -135,7 +135,7 @@ def image_preview(
 def mask_preview(
     unet: torch.nn.Module, config: ModelConfig, codec, items: list[dict], *, seed: int, steps: int | None, device
 ) -> np.ndarray:
-    """Rows of [real layout | sampled grey mask | sampled layout] for dataset ``items``."""
+    """Rows of [real layout | sampled mask image | sampled layout] for dataset ``items``."""
     num_labels = config.num_labels or len(config.class_names)
     conditions = [int(item["condition"]) for item in items]
     greys = sample_mask_tiles(unet, config, codec, conditions, seed=seed, steps=steps, device=device)
@@ -143,7 +143,7 @@ def mask_preview(
     for item, grey in zip(items, greys):
         real = colour_labels(item["labels"].numpy().astype(np.uint8), config.class_colors)
         grey_rgb = (np.clip(grey.transpose(1, 2, 0), 0, 1) * 255 + 0.5).astype(np.uint8)
-        sampled = colour_labels(quantize_mask(grey, num_labels), config.class_colors)
+        sampled = colour_labels(image_to_labels(grey, num_labels, config.mask_encoding), config.class_colors)
         size = max(real.shape[0], grey_rgb.shape[0])
         rows.append(np.concatenate([_upscale(real, size), _upscale(grey_rgb, size), _upscale(sampled, size)], axis=1))
     return np.concatenate(rows, axis=0)
