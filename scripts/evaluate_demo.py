@@ -84,6 +84,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="combine the results of runs in these folders (e.g. layouts run in parallel) into --work",
     )
     p.add_argument("--mask-steps", type=int, help="DDIM steps of the mask model (default: the model's)")
+    p.add_argument("--layout-smoothing-um", type=float, default=demo_data.LAYOUT_SMOOTHING_UM,
+                   help="smoothing of the training layout the mask model learnt (train_demo.py's)")  # fmt: skip
     p.add_argument("--layout-size", type=int, default=2048, help="side of the slide the mask model lays out (px)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, help="torch CPU threads")
@@ -219,7 +221,9 @@ def evaluate_mask_model(args: argparse.Namespace) -> tuple[dict, dict]:
     model = engine.load_mask_model(args.mask_model)
     codec = engine.load_codec(None, model)
     rgb, pixel_size = demo_data.read_slide_rgb(demo_data.demo_slide(), demo_data.DEMO_DOWNSAMPLE)
-    smooth = demo_data.smooth_layout(demo_data.derive_labels(rgb, pixel_size).labels, pixel_size)
+    smooth = demo_data.smooth_layout(
+        demo_data.derive_labels(rgb, pixel_size).labels, pixel_size, args.layout_smoothing_um
+    )
     d = model.config.mask_downsample
     small = smooth[d // 2 :: d, d // 2 :: d]
     reference = {

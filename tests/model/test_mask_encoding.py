@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_diffinfinite.errors import CheckpointError
+from napari_diffinfinite.errors import CheckpointError, TrainingError
 from napari_diffinfinite.model.config import ModelConfig
 from napari_diffinfinite.model.mask_encoding import encoding_problem, image_to_labels, labels_to_image
 from napari_diffinfinite.training.configs import make_model_config
@@ -57,6 +57,8 @@ def test_config_keeps_grey_out_of_json_and_checks_encoding():
     image = make_model_config("image").to_dict()
     with pytest.raises(CheckpointError, match="mask_encoding is for mask models"):
         ModelConfig.from_dict({**image, "mask_encoding": "one-hot"})
-    five = make_model_config("mask", class_names="glass,a,b,c").to_dict()
+    five = make_model_config("mask", class_names="glass,a,b,c")
     with pytest.raises(CheckpointError, match="at most 3 classes"):
-        ModelConfig.from_dict({**five, "mask_encoding": "one-hot"})
+        ModelConfig.from_dict({**five.to_dict(), "mask_encoding": "one-hot"})
+    with pytest.raises(TrainingError, match="at most 3 classes"):
+        make_model_config("mask", class_names="glass,a,b,c", mask_encoding="one-hot")

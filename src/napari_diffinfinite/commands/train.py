@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -320,6 +321,7 @@ def _data(args: argparse.Namespace, saved: dict[str, Any]) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..training.configs import narrow_network_note
     from ..training.datasets import pixel_size_of
     from ..training.runner import build_dataset, build_sources, run_training
 
@@ -349,6 +351,8 @@ def run(args: argparse.Namespace) -> int:
     main_process = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 talks
     if not args.quiet and main_process:
         print(f"training a {config.kind} model ({model.num_parameters:,} parameters) on {dataset.summary()}")
+    if main_process and (note := narrow_network_note(config)) is not None:
+        print(f"warning: {note}", file=sys.stderr)
     result = run_training(
         model, dataset, settings, args.out, vae=args.vae, device=args.device, resume=args.resume,
         show_progress_bar=not args.quiet, metadata={"data": data},
