@@ -24,7 +24,6 @@ interrupted training run.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import platform
@@ -53,7 +52,7 @@ from napari_diffinfinite.model.config import ModelConfig
 from napari_diffinfinite.model.pretrained import new_model
 from napari_diffinfinite.slide.store import SlideStore
 from napari_diffinfinite.training import demo_data
-from napari_diffinfinite.training.configs import narrow_network_note
+from napari_diffinfinite.training.configs import make_model_config, narrow_network_note
 from napari_diffinfinite.training.datasets import TissueCondition
 from napari_diffinfinite.training.init import identity_skip_init
 from napari_diffinfinite.training.previews import colour_labels
@@ -155,18 +154,17 @@ def prepare(work: Path, layout_smoothing_um: float = demo_data.LAYOUT_SMOOTHING_
 
 def train(kind: str, data: dict, args: argparse.Namespace) -> dict:
     pixel = data["info"]["pixel_size_um"]
-    config = demo_image_config() if kind == "image" else demo_mask_config()
-    config.pixel_size_um = round(pixel, 3)
-    config.objective = args.image_objective if kind == "image" else args.mask_objective
-    if kind == "mask":
-        config.mask_downsample = args.mask_downsample
-        config.mask_encoding = args.mask_encoding
-        config.patch_size = args.mask_patch
-        config.pixel_unshuffle = args.mask_unshuffle
-        config.unet = dataclasses.replace(config.unet, dim=args.mask_dim, channels=3 * args.mask_unshuffle**2)
-        config.validate()
+    if kind == "image":
+        config = demo_image_config()
+        config.objective = args.image_objective
+    else:  # the demo preset with this run's geometry (make_model_config sets the channels, checks it all)
+        config = make_model_config(
+            "mask", unet={"dim": args.mask_dim}, patch_size=args.mask_patch, pixel_unshuffle=args.mask_unshuffle,
+            mask_downsample=args.mask_downsample, mask_encoding=args.mask_encoding, objective=args.mask_objective,
+        )  # fmt: skip
         if (note := narrow_network_note(config)) is not None:
             print(f"warning: {note}", file=sys.stderr)
+    config.pixel_size_um = round(pixel, 3)
     geojson = data["geojson"] if kind == "image" else data["smooth_geojson"]
     sources = build_sources(config, slides=[data["slide"]], annotations=[geojson],
                             downsample=demo_data.DEMO_DOWNSAMPLE)  # fmt: skip

@@ -42,7 +42,7 @@ def labels_to_image(labels: torch.Tensor, num_labels: int, encoding: str = "grey
         grey = labels.float() / max(1, num_labels - 1)
         return grey[:, None].expand(-1, 3, -1, -1).contiguous()
     if encoding == "one-hot":
-        channels = torch.arange(1, 4, device=labels.device).view(1, 3, 1, 1)
+        channels = torch.arange(1, ONE_HOT_MAX_LABELS, device=labels.device).view(1, 3, 1, 1)
         return (labels[:, None].long() == channels).float()
     raise ValueError(encoding_problem(encoding, num_labels))
 

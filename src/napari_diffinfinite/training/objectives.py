@@ -13,8 +13,8 @@ the network's output on ``eps`` with the L2 loss (the official sample config's
   dropout*, which zeroes the map of a labelled tile with probability ``cond_drop_prob``.
 * :class:`MaskObjective`: the latent encodes a mask image in the model's ``mask_encoding``
   (DiffInfinite's grey ``label / (num_labels - 1)`` in all three channels, or one channel per
-  class; :mod:`..model.mask_encoding`, which the mask sampler reads back); the condition is a class index, replaced by the learned null embedding with
-  probability ``cond_drop_prob``.
+  class; :mod:`..model.mask_encoding`, which the mask sampler reads back); the condition is a
+  class index, replaced by the learned null embedding with probability ``cond_drop_prob``.
 
 ``mask_mode`` of the image objective: ``"full"`` (the official training) feeds the whole
 label map; ``"per-label"`` feeds the map of one label present in the tile, drawn at
