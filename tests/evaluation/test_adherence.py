@@ -81,6 +81,18 @@ def test_heuristic_on_synthetic_colours():
     assert (labels[:, 2:28] == 0).all() and (labels[:, 35:55] == 1).all() and (labels[:, 65:] == 2).all()
 
 
+def test_heuristic_glass_is_a_region_not_a_pale_spot():
+    """A pale spot inside tissue (a lumen, a tear) is tissue; glass is a piece of >= glass_min_area px."""
+    rgb = np.full((80, 120, 3), (235, 130, 180), np.uint8)  # stroma-like tissue
+    rgb[:, :40] = (245, 245, 245)  # a glass margin (3200 px)
+    rgb[30:50, 70:90] = (245, 245, 245)  # a 400 px pale spot inside the tissue
+    labels = HESegmenter()(rgb)
+    assert (labels[:, :38] == 0).all()
+    assert (labels[30:50, 70:90] == 1).all()
+    pixelwise = HESegmenter(glass_min_area=1)(rgb)
+    assert (pixelwise[30:50, 70:90] == 0).all()
+
+
 def test_load_segmenter():
     assert isinstance(load_segmenter("he"), HESegmenter)
     fn = load_segmenter("numpy:zeros_like")
@@ -110,7 +122,8 @@ def test_cmu_slide_adheres_to_its_own_tissue_layout_not_to_a_shuffled_one(cmu_qu
     mapping = tissue_mapping(DEMO_CLASSES)
     seg = HESegmenter()(cmu_quarter)
     own = layout_adherence(layout, seg, mapping)
-    assert own.mean_iou > 0.8 and own.dice[1] > 0.85
+    # 0.94: glass judged as pieces of >= 500 px; pixel by pixel (the rule before) 0.89
+    assert own.mean_iou > 0.92 and own.dice[1] > 0.94
 
     # Shuffle the layout in 64-px blocks: same class proportions, wrong places.
     rng = np.random.default_rng(0)

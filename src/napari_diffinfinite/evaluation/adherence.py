@@ -8,7 +8,13 @@ model, or the built-in :class:`HESegmenter`, a documented heuristic for H&E that
 weights. Its rule, per pixel of an image at about 2 um/px (a 4x downsample of a 20x slide):
 
 1. *Glass*: HSV saturation below ``glass_max_saturation`` (0.10) and value above
-   ``glass_min_value`` (0.80): bright and colourless. Everything else is tissue.
+   ``glass_min_value`` (0.80): bright and colourless, in a piece of at least
+   ``glass_min_area`` pixels (500, 8-connected: 2000 um^2 at 2 um/px). Everything else is
+   tissue. Glass is a region of the slide, as in a layout: a pale spot inside tissue (a
+   vessel lumen, a tear, loose collagen) is part of that tissue. Without the size rule the
+   heuristic called 20 % of the real CMU slide's dermis glass, and agreed less with both
+   of the project's independent tissue rules on that slide (mean IoU with its derived demo
+   labels 0.775 -> 0.827, with the optical-density tissue detector 0.888 -> 0.937).
 2. *Colour deconvolution*: ``skimage.color.rgb2hed`` separates haematoxylin (H, nuclei)
    from eosin (E, cytoplasm and collagen) optical densities.
 3. *Regions, not nuclei*: H and E are averaged over tissue pixels only with a Gaussian of
@@ -74,6 +80,7 @@ class HESegmenter:
 
     glass_max_saturation: float = 0.10
     glass_min_value: float = 0.80
+    glass_min_area: int = 500  # px; smaller pieces of glass are tissue (0 or 1: every glass pixel)
     sigma: float = 3.0
     nuclei_margin: float = 0.03
     class_names: tuple[str, ...] = HE_CLASSES
@@ -81,8 +88,13 @@ class HESegmenter:
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
         from skimage.color import rgb2hed
 
+        from ..slide.tissue import remove_small_pieces
+
         rgb = _check_rgb(rgb)
-        tissue = ~self.glass(rgb)
+        glass = self.glass(rgb)
+        if self.glass_min_area > 1:
+            glass = remove_small_pieces(glass, self.glass_min_area)
+        tissue = ~glass
         hed = rgb2hed(rgb)
         weight = ndimage.gaussian_filter(tissue.astype(np.float32), self.sigma)
         norm = np.maximum(weight, 1e-3)
@@ -94,7 +106,8 @@ class HESegmenter:
         return labels
 
     def glass(self, rgb: np.ndarray) -> np.ndarray:
-        """Boolean (H, W): True where the pixel is bright and colourless (glass)."""
+        """Boolean (H, W): True where the pixel is bright and colourless (the per-pixel glass rule,
+        before ``glass_min_area``)."""
         rgb = _check_rgb(rgb).astype(np.float32) / 255.0
         value = rgb.max(axis=-1)
         saturation = (value - rgb.min(axis=-1)) / np.maximum(value, 1e-6)

@@ -36,6 +36,7 @@ from .openslide_reader import RealSlide, open_real_slide
 __all__ = [
     "TissueMask",
     "optical_density",
+    "remove_small_pieces",
     "tissue_mask_from_rgb",
     "tissue_mask",
     "tissue_layout_source",
@@ -104,7 +105,7 @@ def _triangle_threshold(values: np.ndarray, bins: int = 256) -> float:
     return float(edges[best + 1] if far > peak else edges[best])
 
 
-def _remove_small(mask: np.ndarray, min_area: int) -> np.ndarray:
+def remove_small_pieces(mask: np.ndarray, min_area: int) -> np.ndarray:
     """Remove True components of fewer than ``min_area`` pixels (8-connected)."""
     labels, n = ndimage.label(mask, structure=np.ones((3, 3), bool))
     if n == 0:
@@ -143,8 +144,8 @@ def tissue_mask_from_rgb(
         padded = np.pad(mask, r, mode="edge")
         mask = ndimage.binary_closing(padded, structure=disk)[r:-r, r:-r]
     if min_area > 1:
-        mask = _remove_small(mask, min_area)
-        mask = ~_remove_small(~mask, min_area)
+        mask = remove_small_pieces(mask, min_area)
+        mask = ~remove_small_pieces(~mask, min_area)
     return mask, float(threshold)
 
 
