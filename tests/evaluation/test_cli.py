@@ -47,6 +47,8 @@ def test_evaluate_writes_a_reproducible_report(tmp_path, cmu_svs, synthetic_stor
     assert set(slide["seams"]) == {"128", "256"} and slide["seams"]["128"]["x"]["score"] < 1.5
     assert slide["seams_exclude_class_borders_px"] == 8  # the store has a layout: its class borders are left out
     assert 0 <= slide["adherence"]["mean_iou"] <= 1
+    assert slide["adherence"]["segmenter"]["name"] == "he"
+    assert slide["adherence"]["segmenter"]["glass_min_area"] == 500
     assert "FID" in capsys.readouterr().out
 
     _, again = _evaluate(tmp_path, cmu_svs, synthetic_store, "again", "--patch-fid", "8", "--training", str(cmu_svs))

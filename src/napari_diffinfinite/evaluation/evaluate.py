@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, is_dataclass
 
 import numpy as np
 
@@ -167,8 +167,15 @@ def _store_checks(sample: TileSample, settings: EvaluationSettings, stages: _Sta
                     if settings.class_map
                     else tissue_mapping(store.class_names)
                 )
-                result, level = store_adherence(store, mapping, load_segmenter(settings.segmenter))
-                entry["adherence"] = {**result.to_dict(), "level": level, "mapping": mapping.to_dict()}
+                segmenter = load_segmenter(settings.segmenter)
+                result, level = store_adherence(store, mapping, segmenter)
+                entry["adherence"] = {
+                    **result.to_dict(),
+                    "level": level,
+                    "mapping": mapping.to_dict(),
+                    # the rule's parameters, so that a report says which version of the heuristic scored it
+                    "segmenter": {"name": settings.segmenter, **(asdict(segmenter) if is_dataclass(segmenter) else {})},
+                }
         stages("stores", i + 1, len(stores), source.name)
         out[str(source.path)] = entry
     return out
