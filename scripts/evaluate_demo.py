@@ -53,6 +53,7 @@ from napari_diffinfinite.sampling.mask_sampler import clean_mask
 from napari_diffinfinite.slide.masks import CanvasMask
 from napari_diffinfinite.training import demo_data
 from napari_diffinfinite.training.previews import colour_labels
+from napari_diffinfinite.training.trainer import SETTINGS_NAME
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS_IMAGES = REPO / "docs" / "images"
@@ -84,8 +85,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="combine the results of runs in these folders (e.g. layouts run in parallel) into --work",
     )
     p.add_argument("--mask-steps", type=int, help="DDIM steps of the mask model (default: the model's)")
-    p.add_argument("--layout-smoothing-um", type=float, default=demo_data.LAYOUT_SMOOTHING_UM,
-                   help="smoothing of the training layout the mask model learnt (train_demo.py's)")  # fmt: skip
+    p.add_argument("--layout-smoothing-um", type=float,
+                   help="smoothing of the training layout the mask model learnt (default: as train_demo.py recorded"
+                        f" it with the model, else {demo_data.LAYOUT_SMOOTHING_UM:g})")  # fmt: skip
     p.add_argument("--layout-size", type=int, default=2048, help="side of the slide the mask model lays out (px)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, help="torch CPU threads")
@@ -217,13 +219,26 @@ def fractions(counts: np.ndarray) -> dict[str, float]:
     return {n: round(int(c) / total, 3) if total else None for n, c in zip(DEMO_CLASS_NAMES, counts)}
 
 
+def recorded_layout_smoothing(model) -> float | None:
+    """The smoothing (um) of the layouts a mask model learnt, as train_demo.py recorded it: in an
+    installed model's config, or in ``train-settings.json`` next to a run's model folder."""
+    data = (model.config.extra or {}).get("training", {}).get("data", {})
+    if "layout_smoothing_um" not in data:
+        settings = Path(model.source).parent / SETTINGS_NAME
+        if settings.is_file():
+            data = json.loads(settings.read_text()).get("data", {})
+    value = data.get("layout_smoothing_um")
+    return None if value is None else float(value)
+
+
 def evaluate_mask_model(args: argparse.Namespace) -> tuple[dict, dict]:
     model = engine.load_mask_model(args.mask_model)
     codec = engine.load_codec(None, model)
+    # the windows the model is compared with must be smoothed as its training layouts were
+    smoothing = args.layout_smoothing_um or recorded_layout_smoothing(model) or demo_data.LAYOUT_SMOOTHING_UM
+    print(f"training layouts smoothed at {smoothing:g} um", flush=True)
     rgb, pixel_size = demo_data.read_slide_rgb(demo_data.demo_slide(), demo_data.DEMO_DOWNSAMPLE)
-    smooth = demo_data.smooth_layout(
-        demo_data.derive_labels(rgb, pixel_size).labels, pixel_size, args.layout_smoothing_um
-    )
+    smooth = demo_data.smooth_layout(demo_data.derive_labels(rgb, pixel_size).labels, pixel_size, smoothing)
     d = model.config.mask_downsample
     small = smooth[d // 2 :: d, d // 2 :: d]
     reference = {
@@ -241,7 +256,7 @@ def evaluate_mask_model(args: argparse.Namespace) -> tuple[dict, dict]:
     }
     side = args.layout_size
     results: dict = {"model": model.source, "size": f"{side}x{side}", "steps": args.mask_steps or model.config.sampling_steps,
-                     "conditions": {}}  # fmt: skip
+                     "layout_smoothing_um": smoothing, "conditions": {}}  # fmt: skip
     pictures = {}
     for condition in (1, 0):
         started = time.perf_counter()
