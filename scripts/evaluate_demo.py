@@ -235,7 +235,10 @@ def evaluate_mask_model(args: argparse.Namespace) -> tuple[dict, dict]:
     model = engine.load_mask_model(args.mask_model)
     codec = engine.load_codec(None, model)
     # the windows the model is compared with must be smoothed as its training layouts were
-    smoothing = args.layout_smoothing_um or recorded_layout_smoothing(model) or demo_data.LAYOUT_SMOOTHING_UM
+    smoothing = args.layout_smoothing_um
+    if smoothing is None:
+        recorded = recorded_layout_smoothing(model)
+        smoothing = demo_data.LAYOUT_SMOOTHING_UM if recorded is None else recorded
     print(f"training layouts smoothed at {smoothing:g} um", flush=True)
     rgb, pixel_size = demo_data.read_slide_rgb(demo_data.demo_slide(), demo_data.DEMO_DOWNSAMPLE)
     smooth = demo_data.smooth_layout(demo_data.derive_labels(rgb, pixel_size).labels, pixel_size, smoothing)
