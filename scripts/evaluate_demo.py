@@ -85,6 +85,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="combine the results of runs in these folders (e.g. layouts run in parallel) into --work",
     )
     p.add_argument("--mask-steps", type=int, help="DDIM steps of the mask model (default: the model's)")
+    p.add_argument("--mask-omega", type=float, default=0.0,
+                   help="guidance of the mask model (default 0, as `diffinfinite generate`)")  # fmt: skip
     p.add_argument("--layout-smoothing-um", type=float,
                    help="smoothing of the training layout the mask model learnt (default: as train_demo.py recorded"
                         f" it with the model, else {demo_data.LAYOUT_SMOOTHING_UM:g})")  # fmt: skip
@@ -259,12 +261,18 @@ def evaluate_mask_model(args: argparse.Namespace) -> tuple[dict, dict]:
     }
     side = args.layout_size
     results: dict = {"model": model.source, "size": f"{side}x{side}", "steps": args.mask_steps or model.config.sampling_steps,
-                     "layout_smoothing_um": smoothing, "conditions": {}}  # fmt: skip
+                     "omega": args.mask_omega, "layout_smoothing_um": smoothing, "conditions": {}}  # fmt: skip
     pictures = {}
     for condition in (1, 0):
         started = time.perf_counter()
         canvas = engine.sample_layout(
-            model, codec, (side, side), condition=condition, seed=args.seed, steps=args.mask_steps
+            model,
+            codec,
+            (side, side),
+            condition=condition,
+            seed=args.seed,
+            steps=args.mask_steps,
+            omega=args.mask_omega,
         )
         seconds = time.perf_counter() - started
         sampled = fractions(np.bincount(canvas.ravel(), minlength=len(DEMO_CLASS_NAMES)))

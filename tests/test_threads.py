@@ -120,3 +120,33 @@ def test_adaptive_threads_does_not_tune_other_stages():
         machine.now += 0.5
         tuner(threads.ProgressEvent("decode", int(machine.now), 100))
     assert machine.threads == 1 and tuner.summary() == "1 thread"
+
+
+class _Sampler(_Machine):
+    """A sampler's step on the fake machine: ``speed[n]`` network evaluations per second; the
+    step's first ``costly`` evaluations are three per patch (patches of three classes), the
+    rest one per patch, so patches per second swing threefold within every step."""
+
+    def __init__(self, speed: dict[int, float], step_evals: float, costly: float) -> None:
+        super().__init__(speed)
+        self.step_evals, self.costly = step_evals, costly
+
+    def patches(self, evals: float) -> float:
+        steps, within = divmod(evals, self.step_evals)
+        per_step = self.costly / 3 + self.step_evals - self.costly
+        return steps * per_step + min(within, self.costly) / 3 + max(0.0, within - self.costly)
+
+    def advance(self, seconds: float) -> threads.ProgressEvent:
+        self.now += seconds
+        self.done += self.speed[self.threads] * seconds
+        return threads.ProgressEvent("sample", int(self.patches(self.done)), 10**9, work=int(self.done))
+
+
+def test_adaptive_threads_times_network_evaluations_not_patches():
+    # two threads are 1.2x faster; timed in patches, the first window (two threads, on the
+    # step's three-class patches) would lose to the next (one thread, on one-class patches)
+    machine = _Sampler({1: 100.0, 2: 120.0}, step_evals=2400.0, costly=240.0)
+    tuner = threads.AdaptiveThreads(None, [1, 2], start=2, clock=lambda: machine.now,
+                                    set_threads=machine.set_threads)  # fmt: skip
+    used = _run(tuner, machine, 240)
+    assert used.count(2) > 0.9 * len(used), f"two threads {used.count(2) / len(used):.0%} of the time"

@@ -22,6 +22,10 @@ class ProgressEvent:
 
     ``stage`` is one of "load", "mask", "sample", "decode", "pyramid", "export", "train".
     ``preview`` optionally carries a small (h, w, 3) uint8 image of the current result.
+    ``work`` optionally counts the compute done so far in the stage in units of equal cost
+    (the samplers: network evaluations). ``done`` counts what the user sees (patches of a
+    step), which can cost one evaluation or four; :class:`~napari_diffinfinite.threads.AdaptiveThreads`
+    times its thread counts by ``work`` where it is given.
     """
 
     stage: str
@@ -29,6 +33,7 @@ class ProgressEvent:
     total: int
     message: str = ""
     preview: np.ndarray | None = None
+    work: int | None = None
 
     @property
     def fraction(self) -> float:

@@ -152,8 +152,8 @@ class AdaptiveThreads:
     """A progress callback that keeps torch's intra-op thread count at the fastest candidate.
 
     Wraps ``progress`` (called with every event, unchanged). During the network-bound stages
-    (``stages``: sampling and the layout) it measures the rate of progress (event ``done``
-    units per second) over windows of at least ``window_s`` seconds under the current thread
+    (``stages``: sampling and the layout) it measures the rate of progress (event ``work``
+    units per second where events carry them, else ``done`` units) over windows of at least ``window_s`` seconds under the current thread
     count; after each window it moves to a candidate that has not been timed for
     ``revisit_s`` seconds (so a change of load is noticed), else to the fastest one timed.
     A candidate that just lost waits twice as long before its next trial (up to 8 x
@@ -187,7 +187,7 @@ class AdaptiveThreads:
         self._set(self.current)
         self.seconds: dict[int, float] = dict.fromkeys(self.candidates, 0.0)  # time spent per count
         self._stage: str | None = None
-        self._mark: tuple[float, int] | None = None
+        self._mark: tuple[float, tuple[bool, int]] | None = None  # (when, (is work, units))
         self._rates: dict[str, dict[int, tuple[float, float]]] = {}  # stage -> n -> (rate, when)
         self._backoff: dict[int, float] = dict.fromkeys(self.candidates, 1.0)
 
@@ -198,16 +198,21 @@ class AdaptiveThreads:
 
     def _observe(self, event: ProgressEvent) -> None:
         now = self.clock()
-        if event.stage != self._stage or self._mark is None or event.done < self._mark[1]:
-            self._stage, self._mark = event.stage, (now, event.done)
+        # the rate is timed in units of equal cost where the stage counts them (``work``:
+        # network evaluations); a sampler's patches cost one evaluation per class in them, and
+        # it runs a step's one-class patches first, so patches per second mislead
+        unit = (event.work is not None, event.done if event.work is None else event.work)
+        mark = self._mark
+        if event.stage != self._stage or mark is None or unit[0] != mark[1][0] or unit[1] < mark[1][1]:
+            self._stage, self._mark = event.stage, (now, unit)
             return
         if event.stage not in self.stages or len(self.candidates) < 2:
             return
-        t0, done0 = self._mark
+        t0, (_, done0) = mark
         if now - t0 < self.window_s:
             return
         rates = self._rates.setdefault(event.stage, {})
-        rate = (event.done - done0) / (now - t0)
+        rate = (unit[1] - done0) / (now - t0)
         rates[self.current] = (rate, now)
         self.seconds[self.current] += now - t0
         best = max(rates, key=lambda n: rates[n][0])
@@ -226,7 +231,7 @@ class AdaptiveThreads:
                 self._backoff[self.current] = min(8.0, self._backoff[self.current] * 2)
             self.current = chosen
             self._set(chosen)
-        self._mark = (now, event.done)
+        self._mark = (now, unit)
 
     def summary(self) -> str:
         """Seconds of the tuned stages spent at each thread count, e.g. ``"2 threads 95 s, 1 thread 8 s"``."""

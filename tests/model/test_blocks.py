@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from napari_diffinfinite.model.blocks import MaskCrossAttention, WeightStandardizedConv2d
+from napari_diffinfinite.model.blocks import ChannelLayerNorm, MaskCrossAttention, WeightStandardizedConv2d
 
 
 @pytest.mark.parametrize("pattern", ["mixed", "empty", "full"])
@@ -46,3 +46,21 @@ def test_standardized_weight_cache_follows_weight_updates():
     expected = torch.nn.functional.conv2d(x, expected_w, conv.bias, padding=1)
     assert not torch.allclose(first, second)
     assert torch.allclose(second, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_channel_layer_norm_is_upstreams_formula(memory_format):
+    """The fused kernel computes upstream's (x - mean) / sqrt(var + eps) * g over channels, in
+    either memory format, with gradients for x and g."""
+    torch.manual_seed(0)
+    norm = ChannelLayerNorm(6)
+    with torch.no_grad():
+        norm.g.copy_(torch.randn(1, 6, 1, 1))
+    x = (torch.randn(2, 6, 5, 7) * 3 + 1).contiguous(memory_format=memory_format).requires_grad_()
+    var = torch.var(x, dim=1, unbiased=False, keepdim=True)
+    expected = (x - x.mean(dim=1, keepdim=True)) * (var + 1e-5).rsqrt() * norm.g
+    out = norm(x)
+    assert out.shape == x.shape and torch.allclose(out, expected, atol=1e-5)
+    grads = torch.autograd.grad(out.square().sum(), (x, norm.g))
+    expected_grads = torch.autograd.grad(expected.square().sum(), (x, norm.g))
+    assert all(torch.allclose(a, b, atol=1e-4) for a, b in zip(grads, expected_grads))

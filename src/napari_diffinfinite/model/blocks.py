@@ -53,9 +53,12 @@ class ChannelLayerNorm(nn.Module):
         self.g = nn.Parameter(torch.ones(1, dim, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        var = torch.var(x, dim=1, unbiased=False, keepdim=True)
-        mean = torch.mean(x, dim=1, keepdim=True)
-        return (x - mean) * (var + _eps(x.dtype)).rsqrt() * self.g
+        # (x - mean) / sqrt(var + eps) * g over channels, as upstream, by the fused layer-norm
+        # kernel on a channels-last view: 2-9x faster than separate var/mean/arithmetic on CPU
+        # (benchmarks/bench_cpu_network.py), and the result is channels-last in memory
+        return F.layer_norm(x.permute(0, 2, 3, 1), x.shape[1:2], self.g.reshape(-1), None, _eps(x.dtype)).permute(
+            0, 3, 1, 2
+        )
 
 
 class PreNorm(nn.Module):

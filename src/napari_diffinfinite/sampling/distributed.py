@@ -255,6 +255,7 @@ class BandSampler:
                         ProgressEvent(
                             "sample", k * 1000 + (1000 * done) // total, steps * 1000,
                             f"step {k + 1}/{steps}, patch {done}/{total} of band 1/{self.bands.count}",
+                            work=s.denoiser.count.network,
                         ),
                     )  # fmt: skip
 
