@@ -40,3 +40,24 @@ def test_calibration_times_the_real_model(tiny_image_model_dir):
     assert cal.seconds_per_patch > 0 and cal.seconds_per_tile >= 0
     assert cal.patch == model.config.latent_patch and cal.scale_factor == codec.scale_factor
     assert cal.device == "cpu"
+
+
+def test_calibration_is_timed_on_a_warm_network(tiny_image_model_dir):
+    """The first call of a network pays for its warm-up; the estimate must not scale that up."""
+    import time
+
+    from napari_diffinfinite import engine
+
+    model = engine.load_image_model(tiny_image_model_dir, device="cpu")
+    codec = engine.load_codec(None, model, device="cpu")
+    forward, calls = model.unet.forward, []
+
+    def cold_first_call(*args, **kwargs):
+        if not calls:
+            time.sleep(0.5)  # a first call as slow as a cold oneDNN start
+        calls.append(1)
+        return forward(*args, **kwargs)
+
+    model.unet.forward = cold_first_call
+    cal = calibrate(model, codec, engine.GenerateSettings(device="cpu", batch_size=64))
+    assert len(calls) >= 2 and cal.seconds_per_patch < 0.25
