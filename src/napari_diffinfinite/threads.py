@@ -153,9 +153,10 @@ class AdaptiveThreads:
 
     Wraps ``progress`` (called with every event, unchanged). During the network-bound stages
     (``stages``: sampling and the layout) it measures the rate of progress (event ``work``
-    units per second where events carry them, else ``done`` units) over windows of at least ``window_s`` seconds under the current thread
-    count; after each window it moves to a candidate that has not been timed for
-    ``revisit_s`` seconds (so a change of load is noticed), else to the fastest one timed.
+    units per second where events carry them, else ``done`` units) over windows of at least
+    ``window_s`` seconds under the current thread count; after each window it moves to a
+    candidate that has not been timed for ``revisit_s`` seconds (so a change of load is
+    noticed), else to the fastest one timed.
     A candidate that just lost waits twice as long before its next trial (up to 8 x
     ``revisit_s``), so a count that collapses under load costs little. Rates are kept per
     stage: the layout model and the image model differ.
@@ -199,8 +200,9 @@ class AdaptiveThreads:
     def _observe(self, event: ProgressEvent) -> None:
         now = self.clock()
         # the rate is timed in units of equal cost where the stage counts them (``work``:
-        # network evaluations); a sampler's patches cost one evaluation per class in them, and
-        # it runs a step's one-class patches first, so patches per second mislead
+        # network evaluations): a sampler's patches cost one evaluation per class in them, and
+        # a window of one-class patches (under guidance they all come first in a step) would
+        # show a count more patches per second than one of border patches
         unit = (event.work is not None, event.done if event.work is None else event.work)
         mark = self._mark
         if event.stage != self._stage or mark is None or unit[0] != mark[1][0] or unit[1] < mark[1][1]:
