@@ -88,16 +88,19 @@ def main() -> None:
     floor_y = float(np.median([every[p].y.score for p in controls]))
     # the evaluation's score with the layout (class borders left out, per-class normalised);
     # periods 127 and 129 share no divisor with the 4 px pixel-unshuffle block or 2 px patterns
+    store = SlideStore.open(args.out)
     try:
-        labels = np.asarray(SlideStore.open(args.out).label_level(0)[:])
+        labels = np.asarray(store.label_level(0)[:])
     except StoreError:  # a slide generated without a layout
         labels = None
+    # what the store was generated with (with --score-only, not necessarily this run's arguments)
+    provenance = store.provenance
     with_layout = seam_scores(image, periods=(128, 127, 129), labels=labels)
     result = {
         "store": args.out,
-        "size": args.size,
-        "seed": args.seed,
-        "steps": args.steps,
+        "size": f"{image.shape[1]}x{image.shape[0]}",  # WIDTHxHEIGHT, as --size
+        "seed": provenance.get("seed"),
+        "steps": provenance.get("steps"),
         "context": args.context,
         "context_from": args.context_from,
         "model": args.model,
