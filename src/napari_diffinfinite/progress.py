@@ -62,7 +62,7 @@ class CancelToken:
 
     def raise_if_cancelled(self) -> None:
         if self._event.is_set():
-            raise Cancelled("cancelled by the user; the store is left resumable")
+            raise Cancelled("cancelled by the user")
 
 
 def report(progress: ProgressCallback | None, event: ProgressEvent) -> None:

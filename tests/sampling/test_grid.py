@@ -1,8 +1,9 @@
 import numpy as np
 import pytest
 
-from napari_diffinfinite.sampling.grid import ideal_patches, step_patches
+from napari_diffinfinite.sampling.grid import count_patches, ideal_patches, step_grid, step_patches
 from napari_diffinfinite.sampling.noise import grid_offset
+from napari_diffinfinite.sampling.sampler import patches_per_run
 
 
 @pytest.mark.parametrize("shape", [(64, 64), (65, 200), (128, 128), (191, 77), (512, 512)])
@@ -37,3 +38,17 @@ def test_offsets_move_between_steps_and_are_seeded():
 def test_canvas_smaller_than_patch_is_refused():
     with pytest.raises(ValueError, match="smaller than the patch"):
         step_patches((32, 100), 64, (0, 0))
+
+
+@pytest.mark.parametrize("context", [0, 1, 2])
+@pytest.mark.parametrize("side", [32, 33, 63, 100, 301])
+def test_count_patches_is_the_grid_length_without_the_grid(side, context):
+    for offset in range(0, 32 - 2 * context, 3):
+        shape = (side, 2 * side + 5)
+        assert count_patches(shape, 32, (offset, offset + 1), context) == len(step_grid(shape, 32, (offset, offset + 1), context))
+
+
+def test_patch_estimate_for_a_huge_slide_needs_no_grid():
+    # 10,000,000 px square at 4x4 unshuffle: the grid would hold 6e10 patches (178 GiB of
+    # indices; the napari estimate used to build it on every change of Steps)
+    assert patches_per_run((2_500_000, 2_500_000), 32, 8) > 8 * (2_500_000 // 32) ** 2

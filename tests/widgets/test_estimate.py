@@ -31,6 +31,18 @@ def test_estimate_scales_with_steps_and_area_and_counts_the_cell_context():
     assert describe_duration(big) == f"about {big / 3600:.2g} h"
 
 
+def test_long_durations_are_never_in_scientific_notation():
+    assert describe_duration(3 * 86400) == "about 3 days"
+    assert describe_duration(521 * 86400) == "about 521 days"  # was "about 5.2e+02 days"
+    assert describe_duration(64_102 * 86400) == "about 176 years"
+
+
+def test_estimate_for_a_huge_slide_is_quick():
+    # a 10,000,000 px side used to build every patch of a step (178 GiB) on each change of Steps
+    cal = Calibration(seconds_per_patch=0.05, seconds_per_tile=0.1, patch=32, scale_factor=4, device="cpu")
+    assert "years" in describe_duration(estimate_seconds(cal, (10_000_000, 10_000_000), 8))
+
+
 def test_calibration_times_the_real_model(tiny_image_model_dir):
     from napari_diffinfinite import engine
 

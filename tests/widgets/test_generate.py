@@ -166,6 +166,46 @@ def test_cancel_then_resume_finishes_the_same_slide(ready, qtbot, viewer, tmp_pa
     np.testing.assert_array_equal(np.asarray(image.data[1][:, :]), np.moveaxis(reference.image_level(1)[:], 0, -1))
 
 
+def test_closing_napari_cancels_the_running_job_and_waits_for_it(ready, qtbot, viewer, tmp_path, monkeypatch):
+    """Closing the window mid-job stops the job before the window is gone (it used to run on
+    and report to deleted widgets: a segfault when napari exited) and leaves the store resumable."""
+    from napari_diffinfinite.slide.store import SlideStore
+    from napari_diffinfinite.widgets import _generate
+    from napari_diffinfinite.widgets._threading import ProgressRelay
+
+    generate, _ = ready
+    generate.steps.setValue(3)
+    ended = threading.Event()
+    run = _generate.run_generation
+
+    def tracked(*args, **kwargs):
+        try:
+            return run(*args, **kwargs)
+        finally:
+            ended.set()
+
+    relay = ProgressRelay.__call__
+
+    def held(self, event):  # hold the job mid-sampling until something cancels it
+        relay(self, event)
+        token = generate.cancel_token
+        if event.stage == "sample" and token is not None:
+            for _ in range(600):
+                if token.cancelled:
+                    break
+                threading.Event().wait(0.1)
+
+    monkeypatch.setattr(_generate, "run_generation", tracked)
+    monkeypatch.setattr(ProgressRelay, "__call__", held)
+    assert generate.generate() is not None
+    qtbot.waitUntil(lambda: generate.progress.stage == "sample", timeout=TIMEOUT_MS)
+    viewer.close()
+    assert ended.is_set(), "the job was still running when the window had closed"
+    store = SlideStore.open(tmp_path / "slide.zarr")
+    assert store.provenance["complete"] is False
+    assert store.load_state() is not None
+
+
 @pytest.mark.slow
 def test_ten_small_slides_in_a_row_all_end_done(ready, qtbot, viewer, tmp_path, notifications):
     """Driven without napari.run(): every generation ends "Done", its progress events are

@@ -77,3 +77,4 @@ def test_describe_length():
     assert describe_length(16384, 0.998) == "16,384 px (16.4 mm)"
     assert describe_length(512, 0.5) == "512 px (256 µm)"
     assert describe_length(512, None) == "512 px"
+    assert describe_length(10_000_000, 1.996) == "10,000,000 px (19,960 mm)"  # was "(2e+04 mm)"

@@ -100,6 +100,23 @@ def step_grid(shape: tuple[int, int], patch: int, offset: tuple[int, int], conte
     return StepGrid(patch, r[:, 0], c[:, 0], r[:, 1], r[:, 2], c[:, 1], c[:, 2])
 
 
+def count_patches(shape: tuple[int, int], patch: int, offset: tuple[int, int], context: int = 0) -> int:
+    """``len(step_grid(...))`` without building the grid: rows x columns of cells, so that a
+    time estimate for a huge slide costs two 1-D passes, not an array of every patch."""
+    cell = patch - 2 * context
+    return _count_cells(shape[0], patch, offset[0] % cell, context) * _count_cells(shape[1], patch, offset[1] % cell, context)
+
+
+def _count_cells(length: int, patch: int, offset: int, context: int) -> int:
+    """``len(_cells(...))`` in numpy: the cells' windows, where neighbours sharing one count once."""
+    if length < patch:
+        raise ValueError(f"canvas side {length} is smaller than the patch {patch}; pad the latent first")
+    cell = patch - 2 * context
+    starts = np.arange(offset - cell if offset else 0, length, cell)
+    windows = np.clip(np.maximum(starts, 0) - context, 0, length - patch)
+    return int(1 + np.count_nonzero(np.diff(windows)))
+
+
 def step_patches(shape: tuple[int, int], patch: int, offset: tuple[int, int], context: int = 0) -> list[Patch]:
     """All patches of a step on a canvas of ``shape`` with the grid shifted by ``offset``."""
     return step_grid(shape, patch, offset, context).patches()

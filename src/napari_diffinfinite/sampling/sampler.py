@@ -37,7 +37,7 @@ import torch
 
 from ..progress import CancelToken, ProgressCallback, ProgressEvent, check, report
 from .canvas import ConditionCanvas, LatentCanvas
-from .grid import Patch, StepGrid, ideal_patches, step_grid
+from .grid import Patch, StepGrid, count_patches, ideal_patches, step_grid
 from .guidance import EvalPlan, GuidedDenoiser, label_presence
 from .noise import INITIAL_STEP, StepNoise, grid_offset, normal_field
 from .schedule import Schedule
@@ -125,7 +125,7 @@ def patches_per_run(
     for m, count in ((0, steps - with_context), (context, with_context)):
         if count:
             cell = patch - 2 * m
-            total += count * len(step_grid(shape, patch, (cell // 2, cell // 2), m))
+            total += count * count_patches(shape, patch, (cell // 2, cell // 2), m)
     return total
 
 

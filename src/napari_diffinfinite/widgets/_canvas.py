@@ -35,7 +35,7 @@ from ._geometry import auto_downsample, canvas_shape, canvas_transform, describe
 from ._layers import label_colormap, label_features
 from ._settings import recall, remember
 from ._state import get_state
-from ._threading import ProgressRelay, StageProgress, notify_error, start_worker
+from ._threading import ProgressRelay, StageProgress, notify_error, start_worker, stop_on_close
 
 if TYPE_CHECKING:
     import napari
@@ -372,7 +372,7 @@ class MaskCanvasWidget(QWidget):
             show_warning("Load a mask model in the Checkpoints widget first.")
             return None
         self._cancel = CancelToken()
-        relay = self._relay = ProgressRelay(self)
+        relay = self._relay = ProgressRelay()
         relay.reported.connect(self._on_progress)
         condition = self.condition.currentData()
         return self._run(
@@ -424,6 +424,8 @@ class MaskCanvasWidget(QWidget):
             func, *args, on_result=on_result,
             on_error=lambda exc: notify_error(exc, what), on_finished=self._on_finished, owner=self, **kwargs,
         )  # fmt: skip
+        if self._cancel is not None:
+            stop_on_close(self.viewer, self.worker, self._cancel, what.lower() or "working")
         return self.worker
 
     def _on_finished(self) -> None:

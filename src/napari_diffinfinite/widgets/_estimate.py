@@ -95,11 +95,16 @@ def estimate_seconds(calibration: Calibration, size: tuple[int, int], steps: int
 
 
 def describe_duration(seconds: float) -> str:
-    """'about 40 s', 'about 12 min', 'about 3.5 h', 'about 2.1 days'."""
+    """'about 40 s', 'about 12 min', 'about 3.5 h', 'about 2.1 days', 'about 521 days', 'about 176 years'."""
     if seconds < 90:
         return f"about {max(1, round(seconds))} s"
     if seconds < 90 * 60:
         return f"about {round(seconds / 60)} min"
     if seconds < 48 * 3600:
         return f"about {seconds / 3600:.2g} h"
-    return f"about {seconds / 86400:.2g} days"
+    days = seconds / 86400
+    if days < 10:
+        return f"about {days:.2g} days"
+    if days < 730:
+        return f"about {days:,.0f} days"  # never "5.1e+02 days"
+    return f"about {days / 365.25:,.0f} years"

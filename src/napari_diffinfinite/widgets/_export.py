@@ -28,7 +28,7 @@ from ._common import ExistingPathQuestion, PathEdit, ask_user, hbox
 from ._geometry import region_from_corners
 from ._messages import gui_message
 from ._state import get_state, unwrap
-from ._threading import ProgressRelay, StageProgress, notify_error, start_worker
+from ._threading import ProgressRelay, StageProgress, notify_error, start_worker, stop_on_close
 
 if TYPE_CHECKING:
     import napari
@@ -273,7 +273,7 @@ class ExportWidget(QWidget):
                 if self.output.path() is not None:
                     self.output.set_value(str(out))
         self.cancel_token = CancelToken()
-        relay = self._relay = ProgressRelay(self)
+        relay = self._relay = ProgressRelay()
         relay.reported.connect(self._on_progress)
         self.export_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
@@ -284,6 +284,7 @@ class ExportWidget(QWidget):
             overwrite=overwrite, progress=relay, cancel=self.cancel_token,
             on_result=self._on_done, on_error=self._on_error, on_finished=self._on_finished, owner=self,
         )  # fmt: skip
+        stop_on_close(self.viewer, self.worker, self.cancel_token, f"exporting {out.name}")
         return self.worker
 
     def cancel(self) -> None:

@@ -46,7 +46,7 @@ from ._geometry import canvas_transform, world_units
 from ._layers import refresh_rgb_thumbnail, slide_layer_data
 from ._messages import gui_message
 from ._state import get_state
-from ._threading import ProgressRelay, StageProgress, notify_error, start_worker
+from ._threading import ProgressRelay, StageProgress, notify_error, start_worker, stop_on_close
 
 if TYPE_CHECKING:
     import napari
@@ -402,7 +402,7 @@ class GenerateWidget(QWidget):
         self._store_path = out
         self._size = (int(size[0]), int(size[1]))
         self.cancel_token = CancelToken()
-        relay = self._relay = ProgressRelay(self)
+        relay = self._relay = ProgressRelay()
         relay.reported.connect(self._on_progress)
         self._set_running(True)
         self.progress.start()
@@ -412,6 +412,7 @@ class GenerateWidget(QWidget):
             run_generation, request, progress=relay, cancel=self.cancel_token,
             on_result=self._on_done, on_error=self._on_error, on_finished=self._on_finished, owner=self,
         )  # fmt: skip
+        stop_on_close(self.viewer, self.worker, self.cancel_token, f"generating {out.name}")
         return self.worker
 
     def _set_running(self, running: bool) -> None:

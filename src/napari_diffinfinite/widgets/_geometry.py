@@ -113,7 +113,11 @@ def describe_length(pixels: int, pixel_size_um: float | None) -> str:
     text = f"{int(pixels):,} px"
     if pixel_size_um:
         um = pixels * float(pixel_size_um)
-        text += f" ({um / 1000:.3g} mm)" if um >= 1000 else f" ({um:.3g} µm)"
+        mm = um / 1000
+        if um < 1000:
+            text += f" ({um:.3g} µm)"
+        else:  # 3 significant digits, but never "2e+04 mm"
+            text += f" ({mm:.3g} mm)" if mm < 1000 else f" ({mm:,.0f} mm)"
     return text
 
 

@@ -12,12 +12,15 @@ software OpenGL renderer busy while open, and it processes pending Qt events whi
 updates, so a later "done" could run in the middle of an earlier update.
 
 Cancellation goes the other way through a :class:`~napari_diffinfinite.progress.CancelToken`
-that the engine checks once per batch: a Cancel button only has to set the token.
+that the engine checks once per batch: a Cancel button only has to set the token. Closing
+napari cancels too (:func:`stop_on_close`): a job must not outlive the window whose widgets
+it reports to.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -37,14 +40,17 @@ class ProgressRelay(QObject):
     """Carries (throttled) progress events from the worker thread to the GUI thread.
 
     Create it on the GUI thread, connect :attr:`reported`, and hand the relay to the
-    engine as its ``progress`` callback.
+    engine as its ``progress`` callback. It has no Qt parent on purpose: a parent (the
+    widget) is deleted with the window, and a worker still reporting would then emit on a
+    deleted object, which crashes the process; unparented, it lives as long as the worker
+    holds it.
     """
 
     #: not named "event": that would shadow QObject.event(), which Qt calls to deliver events
     reported = Signal(object)
 
-    def __init__(self, parent: QObject | None = None, **throttle: Any) -> None:
-        super().__init__(parent)
+    def __init__(self, **throttle: Any) -> None:
+        super().__init__()
         self.throttle = ProgressThrottle(self.reported.emit, **throttle)
 
     def __call__(self, event: ProgressEvent) -> None:
@@ -93,7 +99,18 @@ def start_worker(
     worker that outlives its widget, e.g. napari closed while a model was being timed, would
     otherwise touch deleted Qt objects).
     """
-    worker = create_worker(func, *args, _start_thread=False, _ignore_errors=True, **kwargs)
+    stopped = threading.Event()
+
+    def run(*run_args: Any, **run_kwargs: Any) -> Any:
+        try:
+            return func(*run_args, **run_kwargs)
+        finally:
+            stopped.set()
+
+    worker = create_worker(run, *args, _start_thread=False, _ignore_errors=True, **kwargs)
+    #: set in the worker thread when ``func`` has returned or raised (the worker's own
+    #: ``finished`` signal is queued to the GUI thread, which may be the one waiting)
+    worker.stopped = stopped
 
     def guarded(callback: Callable[..., None]) -> Callable[..., None]:
         return callback if owner is None else while_alive(owner, callback)
@@ -105,6 +122,45 @@ def start_worker(
         worker.finished.connect(guarded(on_finished))
     worker.start()
     return worker
+
+
+#: seconds that closing napari waits for a running job to stop at its next batch
+CLOSE_WAIT_S = 15.0
+TASK_PROVIDER = "napari-diffinfinite"
+
+
+def stop_on_close(viewer: Any, worker: FunctionWorker, token: Any, description: str) -> None:
+    """Cancel ``worker``'s job (through ``token``) when napari's window closes, and wait for it.
+
+    The job is registered with the window's task-status manager: closing the window asks
+    the user first ("tasks are running"), then cancels every registered task; here that sets
+    the token and waits up to :data:`CLOSE_WAIT_S` for the job to stop (a generation saves
+    its state, so the store stays resumable). Without this the worker ran on after the
+    window was gone and reported to deleted widgets. napari offers no public hook for this
+    (0.9), so a viewer without the private ``_register_task_status`` is left as it was.
+    """
+    window = getattr(viewer, "window", None)
+    register = getattr(window, "_register_task_status", None)
+    update = getattr(window, "_update_task_status", None)
+    if register is None or update is None:
+        return
+    from napari.utils.task_status import Status
+
+    stopped: threading.Event = worker.stopped
+
+    def cancel_and_wait() -> bool:
+        token.cancel()
+        return stopped.wait(CLOSE_WAIT_S)
+
+    task = register(TASK_PROVIDER, Status.BUSY, description, cancel_and_wait)
+
+    def finished() -> None:
+        try:
+            update(task, Status.COMPLETED)
+        except Exception:  # noqa: BLE001 - the window may be gone; nothing to update then
+            logger.debug("task status not updated", exc_info=True)
+
+    worker.finished.connect(finished)
 
 
 STAGE_NAMES = {
