@@ -45,7 +45,9 @@ def test_canvas_smaller_than_patch_is_refused():
 def test_count_patches_is_the_grid_length_without_the_grid(side, context):
     for offset in range(0, 32 - 2 * context, 3):
         shape = (side, 2 * side + 5)
-        assert count_patches(shape, 32, (offset, offset + 1), context) == len(step_grid(shape, 32, (offset, offset + 1), context))
+        assert count_patches(shape, 32, (offset, offset + 1), context) == len(
+            step_grid(shape, 32, (offset, offset + 1), context)
+        )
 
 
 def test_patch_estimate_for_a_huge_slide_needs_no_grid():

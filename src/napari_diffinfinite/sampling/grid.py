@@ -104,7 +104,9 @@ def count_patches(shape: tuple[int, int], patch: int, offset: tuple[int, int], c
     """``len(step_grid(...))`` without building the grid: rows x columns of cells, so that a
     time estimate for a huge slide costs two 1-D passes, not an array of every patch."""
     cell = patch - 2 * context
-    return _count_cells(shape[0], patch, offset[0] % cell, context) * _count_cells(shape[1], patch, offset[1] % cell, context)
+    return _count_cells(shape[0], patch, offset[0] % cell, context) * _count_cells(
+        shape[1], patch, offset[1] % cell, context
+    )
 
 
 def _count_cells(length: int, patch: int, offset: int, context: int) -> int:
