@@ -146,3 +146,20 @@ def test_label_colormap_accepts_both_colour_ranges():
     cmap = label_colormap([(0, 0, 0), (255, 0, 0), (0.0, 0.5, 1.0)])
     np.testing.assert_allclose(cmap.color_dict[1], (1, 0, 0, 1))
     np.testing.assert_allclose(cmap.color_dict[2], (0, 0.5, 1, 1))
+
+
+def test_reading_a_slide_store_does_not_import_torch(store_path):
+    """The reader runs on napari's GUI thread: importing torch there froze the window for 4 s
+    on the first slide of a session (the reader reached torch through the engine package)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from napari_diffinfinite._reader import napari_get_reader\n"
+        f"layers = napari_get_reader({str(store_path)!r})({str(store_path)!r})\n"
+        "assert layers, 'no layers'\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]

@@ -14,12 +14,15 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psutil
-import torch
 
 from ..errors import SettingsError
 from ..model.config import ModelConfig
+
+if TYPE_CHECKING:  # the napari reader and canvas use this module's geometry without torch (4 s to import)
+    import torch
 
 #: Copies of the latent the sampler holds on its device: the step's input, its output, the
 #: step's keyed noise, and the host copy handed to the state checkpoint.
@@ -119,6 +122,8 @@ def slide_cost(size: tuple[int, int], config: ModelConfig, channels: int, scale_
 def free_memory(device: torch.device) -> int:
     """Bytes the sampler may use on ``device``: free GPU memory, or available host memory."""
     if device.type == "cuda":
+        import torch
+
         free, _total = torch.cuda.mem_get_info(device)
         return int(free)
     return int(psutil.virtual_memory().available)

@@ -17,8 +17,12 @@ on and a sampled image must become labels again. Two encodings (``ModelConfig.ma
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch is imported where a tensor is made: the model config (and with it the
+    import torch  # napari reader, which reads a store's provenance) must not load torch (4 s)
 
 MASK_ENCODINGS = ("grey", "one-hot")
 ONE_HOT_MAX_LABELS = 4  # "unknown" + one class per RGB channel
@@ -42,6 +46,8 @@ def labels_to_image(labels: torch.Tensor, num_labels: int, encoding: str = "grey
         grey = labels.float() / max(1, num_labels - 1)
         return grey[:, None].expand(-1, 3, -1, -1).contiguous()
     if encoding == "one-hot":
+        import torch
+
         channels = torch.arange(1, ONE_HOT_MAX_LABELS, device=labels.device).view(1, 3, 1, 1)
         return (labels[:, None].long() == channels).float()
     raise ValueError(encoding_problem(encoding, num_labels))
