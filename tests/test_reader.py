@@ -163,3 +163,33 @@ def test_reading_a_slide_store_does_not_import_torch(store_path):
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_a_damaged_chunk_reads_as_zeros_with_one_warning(store_path, monkeypatch):
+    """A chunk file overwritten with garbage used to raise the codec's error inside napari's
+    slicing (a layer drawn but missing from the layer list); now it reads as zeros, the rest
+    of the slide as written, and one warning names the store and the count."""
+    pytest.importorskip("napari")
+    from napari_diffinfinite.widgets import _layers
+
+    warnings: list[str] = []
+    monkeypatch.setattr(_layers, "_show_warning", warnings.append, raising=False)
+    store = SlideStore.open(store_path)
+    chunk = store_path / "0" / "0" / "0" / "1"  # level 0, all channels, chunk row 0, column 1
+    assert chunk.is_file(), sorted(p.relative_to(store_path) for p in (store_path / "0").rglob("*"))[:8]
+    chunk.write_bytes(b"garbage" * 10)
+    label_chunk = next(
+        p for p in sorted((store_path / "labels").rglob("*")) if p.is_file() and not p.name.startswith(".")
+    )
+    label_chunk.write_bytes(b"garbage" * 10)
+    (image, _meta, _kind), (labels, _lmeta, _lkind) = read_slide_store(str(store_path))
+    region = image[0][100:140, 480:700]  # spans chunk columns 0 (intact) and 1 (damaged)
+    np.testing.assert_array_equal(region[:, :32], _tile(100, 480, 40, 32).transpose(1, 2, 0))
+    assert not region[:, 32:].any()
+    np.testing.assert_array_equal(image[0][0:8, 0:300:7], _tile(0, 0, 8, 300).transpose(1, 2, 0)[:, ::7])
+    assert image[0][5, 600, 1] == 0 and image[0][5, 100, 1] == _tile(5, 100, 1, 1)[1, 0, 0]
+    image[0][0:600, 500:1000]  # read again: still one warning for this level
+    assert len(warnings) == 1 and str(store_path) in warnings[0] and "1 chunk cannot" in warnings[0], warnings
+    np.asarray(labels[0])  # the damaged labels chunk reads as "unknown"
+    assert len(warnings) == 2 and "labels" in warnings[1]
+    assert store.level_shapes[0] == image[0].shape[:2]

@@ -24,6 +24,112 @@ from ._geometry import slide_translation, world_scale, world_units
 _TRANSPARENT = (0.0, 0.0, 0.0, 0.0)
 
 
+class DamagedChunks:
+    """Reads a zarr array so that a chunk that cannot be decoded shows as zeros, not an error.
+
+    A store damaged on disk or in transfer (a chunk file truncated or overwritten) raised the
+    codec's own error ("error during blosc decompression: -1") inside napari's slicing,
+    halfway through adding the layer, which left a layer drawn but missing from the layer
+    list. Here the first failing read is retried chunk by chunk; what cannot be decoded is
+    filled with zeros (black, or "unknown" for labels) and ``warn`` is called once per array
+    with one message that names the store, the level and how many chunks are damaged.
+    """
+
+    def __init__(self, array: Any, what: str, warn: Any = None) -> None:
+        self.array = array
+        self.what = what
+        self.warn = warn if warn is not None else _show_warning
+        self.damaged: set[tuple[int, ...]] = set()
+        self._warned = False
+
+    def read(self, key: tuple[Any, ...]) -> np.ndarray:
+        """``array[key]`` for a tuple of ints and slices, one per axis."""
+        try:
+            return np.asarray(self.array[key])
+        except (IndexError, TypeError):
+            raise
+        except Exception:  # noqa: BLE001 - a codec's decode error, of whatever type it raises
+            return self._read_by_chunk(key)
+
+    def _read_by_chunk(self, key: tuple[Any, ...]) -> np.ndarray:
+        ranges = [
+            k.indices(n) if isinstance(k, slice) else (int(k), int(k) + 1, 1) for k, n in zip(key, self.array.shape)
+        ]
+        lo = [r[0] if r[2] > 0 else r[1] + 1 for r in ranges]
+        hi = [r[1] if r[2] > 0 else r[0] + 1 for r in ranges]
+        box = np.zeros([max(0, b - a) for a, b in zip(lo, hi)], dtype=self.array.dtype)
+        chunks = tuple(int(c) for c in self.array.chunks)
+        first = [a // c for a, c in zip(lo, chunks)]
+        last = [-(-b // c) for b, c in zip(hi, chunks)]
+        for index in np.ndindex(*[max(0, b - a) for a, b in zip(first, last)]):
+            chunk = tuple(f + i for f, i in zip(first, index))
+            region = tuple(slice(max(c * n, a), min((c + 1) * n, b)) for c, n, a, b in zip(chunk, chunks, lo, hi))
+            try:
+                values = np.asarray(self.array[region])
+            except Exception:  # noqa: BLE001 - see read()
+                self.damaged.add(chunk)
+                continue
+            box[tuple(slice(r.start - a, r.stop - a) for r, a in zip(region, lo))] = values
+        if self.damaged and not self._warned:
+            self._warned = True
+            n = len(self.damaged)
+            self.warn(
+                f"{self.what} is damaged: {n} chunk{'s' if n != 1 else ''} cannot be decoded and "
+                f"{'is' if n == 1 else 'are'} shown as zeros (black); regenerate or copy the store again"
+            )
+        inner = tuple(
+            slice(r[0] - a, (r[1] - a) if r[1] - a >= 0 else None, r[2]) if isinstance(k, slice) else int(k) - a
+            for k, r, a in zip(key, ranges, lo)
+        )
+        return box[inner]
+
+
+def _show_warning(message: str) -> None:
+    from napari.utils.notifications import show_warning
+
+    show_warning(message)
+
+
+class LabelLevel:
+    """A 2-D labels level whose damaged chunks read as 0 ("unknown"): see :class:`DamagedChunks`."""
+
+    def __init__(self, array: Any, what: str) -> None:
+        self.array = array
+        self.reader = DamagedChunks(array, what)
+        self.shape = tuple(int(n) for n in array.shape)
+        self.dtype = np.dtype(array.dtype)
+        self.ndim = len(self.shape)
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        key = _full_key(key, self.ndim)
+        if all(isinstance(k, (slice, int, np.integer)) for k in key):
+            return self.reader.read(key)
+        return np.asarray(self.reader.read((slice(None),) * self.ndim))[key]
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = self[...]
+        return out if dtype is None else out.astype(dtype, copy=False)
+
+
+def _full_key(key: Any, ndim: int) -> tuple[Any, ...]:
+    """``key`` as one entry per axis (Ellipsis expanded, missing trailing axes as slices)."""
+    if not isinstance(key, tuple):
+        key = (key,)
+    if any(k is Ellipsis for k in key):
+        i = next(j for j, k in enumerate(key) if k is Ellipsis)
+        key = key[:i] + (slice(None),) * (ndim - (len(key) - 1)) + key[i + 1 :]
+    if len(key) > ndim:
+        raise IndexError(f"too many indices for a {ndim}-d array: {key!r}")
+    return key + (slice(None),) * (ndim - len(key))
+
+
 class ChannelLastArray:
     """A lazy (y, x, c) view of a (c, y, x) array (zarr or numpy).
 
@@ -32,10 +138,11 @@ class ChannelLastArray:
     region is read from the underlying array.
     """
 
-    def __init__(self, array: Any) -> None:
+    def __init__(self, array: Any, what: str = "the slide") -> None:
         if len(array.shape) != 3:
             raise ValueError(f"expected a (c, y, x) array, got shape {tuple(array.shape)}")
         self.array = array
+        self.reader = DamagedChunks(array, what)
         c, h, w = (int(n) for n in array.shape)
         self.shape: tuple[int, int, int] = (h, w, c)
         self.dtype = np.dtype(array.dtype)
@@ -51,27 +158,15 @@ class ChannelLastArray:
     def __repr__(self) -> str:
         return f"ChannelLastArray(shape={self.shape}, dtype={self.dtype})"
 
-    def _normalise(self, key: Any) -> tuple[Any, Any, Any]:
-        if not isinstance(key, tuple):
-            key = (key,)
-        if any(k is Ellipsis for k in key):
-            i = next(j for j, k in enumerate(key) if k is Ellipsis)
-            fill = (slice(None),) * (3 - (len(key) - 1))
-            key = key[:i] + fill + key[i + 1 :]
-        if len(key) > 3:
-            raise IndexError(f"too many indices for a 3-d array: {key!r}")
-        key = key + (slice(None),) * (3 - len(key))
-        return key  # type: ignore[return-value]
-
     def __getitem__(self, key: Any) -> np.ndarray:
-        y, x, c = self._normalise(key)
+        y, x, c = _full_key(key, 3)
         basic = all(isinstance(k, (slice, int, np.integer)) for k in (y, x, c))
         if basic:
-            out = np.asarray(self.array[c, y, x])
+            out = self.reader.read((c, y, x))
             keeps_channel = not isinstance(c, (int, np.integer))
         else:  # fancy indexing (rare in napari): read the bounding rows/cols, index in memory
-            out = np.asarray(
-                self.array[:, y if isinstance(y, slice) else slice(None), x if isinstance(x, slice) else slice(None)]
+            out = self.reader.read(
+                (slice(None), y if isinstance(y, slice) else slice(None), x if isinstance(x, slice) else slice(None))
             )
             out = np.moveaxis(out, 0, -1)
             ky = slice(None) if isinstance(y, slice) else y
@@ -158,7 +253,9 @@ def slide_layer_data(store: Any, name: str | None = None) -> list[tuple[Any, dic
         "synthetic": bool(provenance.get("synthetic", True)),
     }
     placed = placement(store)
-    levels = [ChannelLastArray(store.image_level(k)) for k in range(store.num_levels)]
+    levels = [
+        ChannelLastArray(store.image_level(k), f"slide store {path} (level {k})") for k in range(store.num_levels)
+    ]
     image_kwargs = {
         "name": stem,
         "rgb": True,
@@ -169,7 +266,9 @@ def slide_layer_data(store: Any, name: str | None = None) -> list[tuple[Any, dic
         **placed,
     }
     layers: list[tuple[Any, dict, str]] = [(levels if len(levels) > 1 else levels[0], image_kwargs, "image")]
-    labels = _label_levels(store)
+    labels = [
+        LabelLevel(level, f"slide store {path} (labels, level {k})") for k, level in enumerate(_label_levels(store))
+    ]
     if labels:
         label_kwargs = {
             "name": f"{stem} labels",
