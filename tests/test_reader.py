@@ -193,3 +193,23 @@ def test_a_damaged_chunk_reads_as_zeros_with_one_warning(store_path, monkeypatch
     np.asarray(labels[0])  # the damaged labels chunk reads as "unknown"
     assert len(warnings) == 2 and "labels" in warnings[1]
     assert store.level_shapes[0] == image[0].shape[:2]
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+@pytest.mark.parametrize(
+    ("channels", "dtype", "claimed"), [(3, "u1", True), (2, "f4", False), (3, "u2", False), (4, "u1", False)]
+)
+def test_claims_other_tools_images_only_when_8_bit_rgb(tmp_path, zarr_format, channels, dtype, claimed):
+    """A two-channel or 16-bit (c, y, x) OME-Zarr was claimed and then refused ("not an RGB
+    slide") or shown saturated (contrast 0-255); such images are left to other readers."""
+    import zarr
+
+    path = tmp_path / "other.zarr"
+    group = zarr.open_group(str(path), mode="w", zarr_format=zarr_format)
+    group.create_array("0", shape=(channels, 64, 64), dtype=dtype, chunks=(1, 32, 32))[:] = 1
+    axes = [{"name": "c", "type": "channel"}, {"name": "y", "type": "space"}, {"name": "x", "type": "space"}]
+    multiscales = [{"version": "0.4", "axes": axes, "datasets": [{"path": "0", "coordinateTransformations": [
+        {"type": "scale", "scale": [1, 0.5, 0.5]}]}]}]  # fmt: skip
+    group.attrs["multiscales"] = multiscales
+    assert is_slide_store(path) is claimed
+    assert (napari_get_reader(str(path)) is read_slide_store) is claimed

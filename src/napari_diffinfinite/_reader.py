@@ -49,8 +49,8 @@ def root_attributes(path: Path) -> dict[str, Any] | None:
 def is_slide_store(path: PathLike) -> bool:
     """True for an OME-Zarr folder holding an RGB (c, y, x) multiscale image.
 
-    Cheap (reads one JSON file), so napari can ask for every dropped folder. Stores of
-    other tools qualify too when their image has axes (c, y, x).
+    Cheap (reads one or two JSON files), so napari can ask for every dropped folder. Stores
+    of other tools qualify too when their image is 8-bit RGB with axes (c, y, x).
     """
     p = Path(path)
     if not p.is_dir():
@@ -65,7 +65,29 @@ def is_slide_store(path: PathLike) -> bool:
     if not multiscales or not isinstance(multiscales, list):
         return False
     axes = [a.get("name") if isinstance(a, dict) else a for a in multiscales[0].get("axes", [])]
-    return axes == ["c", "y", "x"]
+    return axes == ["c", "y", "x"] and _is_rgb8(p, multiscales[0])
+
+
+def _is_rgb8(path: Path, multiscale: dict[str, Any]) -> bool:
+    """Whether another tool's (c, y, x) image is 8-bit RGB (shown as a slide) by its first
+    level's array metadata. Anything else (two fluorescence channels, 16-bit RGB) is left to
+    readers that show it properly (napari-ome-zarr) instead of being claimed and then refused
+    or shown saturated."""
+    try:
+        level = path / str(multiscale["datasets"][0]["path"])
+    except (KeyError, IndexError, TypeError):
+        return False
+    for name in (".zarray", "zarr.json"):
+        meta = level / name
+        if meta.is_file():
+            try:
+                array = json.loads(meta.read_text())
+            except (OSError, ValueError):
+                return False
+            dtype = array.get("dtype", array.get("data_type")) if isinstance(array, dict) else None
+            shape = array.get("shape") if isinstance(array, dict) else None
+            return isinstance(shape, list) and len(shape) == 3 and shape[0] == 3 and dtype in ("|u1", "uint8")
+    return False
 
 
 def napari_get_reader(path: PathLike | list[PathLike]) -> ReaderFunction | None:

@@ -440,3 +440,19 @@ def test_only_the_current_state_slot_stays_on_disk(tmp_path):
         arrays, meta = store.load_state()
         assert meta["step"] == step and (arrays["latent"] == step).all()
     store.close()
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("pixel_size_um", "abc"), ("pixel_size_um", -1), ("class_colors", "red"), ("class_colors", [[1, 2]]),
+     ("class_names", {"a": 1})],
+)  # fmt: skip
+def test_damaged_provenance_is_one_message_naming_the_field(store, field, value):
+    """``"class_colors": "red"`` used to fail as ``invalid literal for int() with base 10: 'r'``."""
+
+    meta = store.path / ".zattrs"
+    attrs = json.loads(meta.read_text())
+    attrs["diffinfinite"][field] = value
+    meta.write_text(json.dumps(attrs))
+    with pytest.raises(StoreError, match=f"provenance field '{field}' is .* damaged"):
+        SlideStore.open(store.path)

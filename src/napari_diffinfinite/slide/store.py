@@ -175,7 +175,7 @@ class SlideStore:
             raise StoreError(
                 f"{path} was not written by napari-diffinfinite (no {PROVENANCE_KEY!r} provenance); open it read-only"
             )
-        provenance = provenance if self._ours else {}
+        provenance = _checked_provenance(path, provenance) if self._ours else {}
         label_meta = self._label_metadata(root)
         names = provenance.get("class_names") or [
             p.get("class", str(p.get("label-value"))) for p in label_meta.get("properties", [])
@@ -619,3 +619,37 @@ class SlideStore:
 
     def __repr__(self) -> str:
         return f"SlideStore({str(self.path)!r}, shape={self.shape}, levels={self.num_levels}, mode={self._mode!r})"
+
+
+def _checked_provenance(path: Any, provenance: dict[str, Any]) -> dict[str, Any]:
+    """The store's provenance, or one StoreError naming the field that cannot be what it claims.
+
+    The fields read to show a slide (pixel size, class names and colours) come from a file that
+    may have been edited or damaged: ``"class_colors": "red"`` used to surface as Python's
+    ``invalid literal for int() with base 10: 'r'``.
+    """
+
+    def damaged(field: str, value: Any, expected: str) -> StoreError:
+        return StoreError(
+            f"{path}: provenance field {field!r} is {value!r:.60}, not {expected}; the store's metadata "
+            f"(.zattrs / zarr.json, key {PROVENANCE_KEY!r}) is damaged: regenerate or copy the store again"
+        )
+
+    size = provenance.get("pixel_size_um")
+    if size is not None and (isinstance(size, bool) or not isinstance(size, (int, float)) or not 0 < size < 1e6):
+        raise damaged("pixel_size_um", size, "a positive number of micrometres")
+    names = provenance.get("class_names")
+    if names is not None and (not isinstance(names, list) or not all(isinstance(n, (str, int)) for n in names)):
+        raise damaged("class_names", names, "a list of names")
+    colors = provenance.get("class_colors")
+    if colors is not None and (
+        not isinstance(colors, list)
+        or not all(
+            isinstance(c, list)
+            and len(c) in (3, 4)
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in c)
+            for c in colors
+        )
+    ):
+        raise damaged("class_colors", colors, "a list of [r, g, b] colours")
+    return provenance
