@@ -130,6 +130,13 @@ def test_parse_size():
 def test_describe_model(tiny_image_model):
     info = engine.describe_model(tiny_image_model)
     assert info["class_names"] == ["unknown", "class 1", "class 2"] and info["parameters"] > 0
+    assert "num_classes=3" in info["architecture"]
+
+
+def test_a_mask_models_architecture_names_its_conditions_not_classes(tiny_mask_model):
+    # "MaskUNet(..., num_classes=2)" next to "4 classes" read as a contradiction in napari
+    info = engine.describe_model(tiny_mask_model)
+    assert "conditions=" in info["architecture"] and "num_classes" not in info["architecture"]
 
 
 # -- the request API ---------------------------------------------------------------------

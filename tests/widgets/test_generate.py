@@ -283,6 +283,36 @@ def test_existing_output_path_asks_and_does_not_fail(ready, qtbot, tmp_path, not
     assert not [n for n in notifications if n[0] == "error"], notifications
 
 
+def test_a_path_that_cannot_be_overwritten_is_not_offered_and_the_status_says_the_latest(
+    ready, qtbot, tmp_path, notifications
+):
+    """A plain file at the output path was offered for Overwrite and refused after; and the
+    status line kept that refusal while later attempts failed for other reasons."""
+    generate, canvas = ready
+    afile = tmp_path / "afile.zarr"
+    afile.write_text("not a store")
+    generate.output.set_value(str(afile))
+    asked = []
+
+    def answer(title, text, answers):
+        asked.append((text, list(answers)))
+        return "Cancel"
+
+    generate.ask = answer
+    assert generate.generate() is None
+    text, answers = asked[-1]
+    assert answers == ["Save as afile-2.zarr", "Cancel"] and "cannot be overwritten" in text, asked
+    assert afile.read_text() == "not a store"
+
+    generate.output.set_value(str(tmp_path / "missing.zarr"))
+    assert generate.resume() is None
+    assert generate.status.text().startswith("Cannot start") and "missing.zarr" in generate.status.text()
+    canvas.viewer.layers.clear()  # no mask canvas any more
+    generate.output.set_value(str(tmp_path / "new.zarr"))
+    assert generate.generate() is None
+    assert generate.status.text().startswith("Cannot start") and "missing.zarr" not in generate.status.text()
+
+
 def test_estimate_shown_and_long_jobs_need_confirmation(ready, qtbot):
     from napari_diffinfinite.widgets._estimate import Calibration
 

@@ -194,8 +194,9 @@ def describe_model(model: DiffusionModel) -> dict[str, Any]:
     u = c.unet
     return {
         "kind": c.kind,
+        # a mask model's classes are its conditions ("any", "tissue"), not the layout's labels
         "architecture": f"{'ImageUNet' if c.kind == 'image' else 'MaskUNet'}(dim={u.dim}, dim_mults={u.dim_mults}, "
-        f"channels={u.channels}, num_classes={u.num_classes})",
+        f"channels={u.channels}, {'num_classes' if c.kind == 'image' else 'conditions'}={u.num_classes})",
         "codec": c.codec
         if c.codec != "identity" or c.pixel_unshuffle == 1
         else f"identity (pixel unshuffle {c.pixel_unshuffle})",

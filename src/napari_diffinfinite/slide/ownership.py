@@ -107,6 +107,12 @@ def is_our_store(path: str | os.PathLike) -> bool:
     return p.is_dir() and not p.is_symlink() and _why_not_ours_zarr(p, export=False) is None
 
 
+def why_not_replaceable(path: str | os.PathLike, *, export: bool = False) -> str | None:
+    """Why ``--overwrite`` would refuse ``path`` (a store, or an export with ``export``); None
+    when it may be replaced. For asking the user before, not after, they choose Overwrite."""
+    return _why_not_replaceable(Path(path), export)
+
+
 def check_replaceable_store(path: str | os.PathLike) -> None:
     """Raise :class:`StoreError` unless ``--overwrite`` may delete what is at ``path``.
 

@@ -46,9 +46,18 @@ class ExistingPathQuestion:
         self.path = Path(path)
         self.fresh = fresh_path(self.path)
 
-    def ask(self, ask: Ask, what: str) -> Path | None:
-        """``self.path`` to overwrite, ``self.fresh`` for a new name, None to cancel."""
+    def ask(self, ask: Ask, what: str, refusal: str | None = None) -> Path | None:
+        """``self.path`` to overwrite, ``self.fresh`` for a new name, None to cancel.
+
+        ``refusal``: why the path may not be overwritten (a file, another tool's folder); then
+        only the fresh name is offered, rather than offering Overwrite and refusing it after.
+        """
         rename = f"Save as {self.fresh.name}"
+        if refusal is not None:
+            answer = ask(
+                f"{self.path.name} exists", f"{refusal}.\n\nSave as {self.fresh.name} next to it?", [rename, "Cancel"]
+            )
+            return self.fresh if answer == rename else None
         answer = ask(
             f"{self.path.name} exists",
             f"The {what} {self.path} already exists. Overwrite it (its contents are replaced), "

@@ -264,7 +264,11 @@ class ExportWidget(QWidget):
         out = self.output_path()
         overwrite = False
         if out.exists():
-            choice = ExistingPathQuestion(out).ask(self.ask, "export")
+            from ..slide.ownership import why_not_replaceable
+
+            reason = why_not_replaceable(out, export=True)
+            refusal = None if reason is None else f"{out} cannot be overwritten: {reason}"
+            choice = ExistingPathQuestion(out).ask(self.ask, "export", refusal=refusal)
             if choice is None:
                 return None
             overwrite = choice == out

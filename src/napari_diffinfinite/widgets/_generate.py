@@ -355,7 +355,11 @@ class GenerateWidget(QWidget):
         """The path to write and whether to overwrite it; None when the user cancelled."""
         if not out.exists():
             return out, False
-        choice = ExistingPathQuestion(out).ask(self.ask, "slide store")
+        from ..slide.ownership import why_not_replaceable
+
+        reason = why_not_replaceable(out)
+        refusal = None if reason is None else f"{out} cannot be overwritten: {reason}"
+        choice = ExistingPathQuestion(out).ask(self.ask, "slide store", refusal=refusal)
         if choice is None:
             return None
         if choice != out:
@@ -378,7 +382,7 @@ class GenerateWidget(QWidget):
             else:
                 size = tuple(self.state.mask_source().shape)
         except Exception as exc:
-            notify_error(exc, "Cannot start")
+            self._refuse(exc)
             return None
         if not resume:
             if not self._confirm_long_job():
@@ -390,14 +394,14 @@ class GenerateWidget(QWidget):
             try:
                 out.parent.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
-                notify_error(exc, "Cannot start")
+                self._refuse(exc)
                 return None
             if overwrite:
                 self._drop_slide_layers(out)
         try:
             request = self.request(out, resume=resume, overwrite=overwrite)
         except Exception as exc:
-            notify_error(exc, "Cannot start")
+            self._refuse(exc)
             return None
         self._store_path = out
         self._size = (int(size[0]), int(size[1]))
@@ -414,6 +418,11 @@ class GenerateWidget(QWidget):
         )  # fmt: skip
         stop_on_close(self.viewer, self.worker, self.cancel_token, f"generating {out.name}")
         return self.worker
+
+    def _refuse(self, exc: BaseException) -> None:
+        """A job that could not start: say why in the status line (not an older outcome) and notify."""
+        self.status.setText(f"Cannot start: {gui_message(exc)}")
+        notify_error(exc, "Cannot start")
 
     def _set_running(self, running: bool) -> None:
         self.generate_button.setEnabled(not running)
