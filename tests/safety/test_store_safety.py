@@ -7,6 +7,7 @@ from __future__ import annotations
 import gc
 import json
 import os
+import shutil
 import signal
 import socket
 import stat
@@ -233,6 +234,24 @@ def test_overwrite_of_our_store_holding_a_user_file_is_refused(tmp_path):
     assert SlideStore.open(path).provenance["complete"] is True
 
 
+@pytest.mark.parametrize(
+    "user_file",
+    ["labels/my_annotations.geojson", "0/precious.txt", "diffinfinite/notes.txt", "labels/manual/x.txt",
+     "2024/report.txt", "0/0/extra/f", "diffinfinite/state_1/notes.txt"],
+)  # fmt: skip
+def test_overwrite_of_our_store_holding_a_user_file_anywhere_inside_is_refused(tmp_path, user_file):
+    """Only the top level was checked: a label image a user added under labels/ (normal
+    napari / ome-zarr practice) or a file in a level folder was deleted by --overwrite."""
+    path = finished(tmp_path / "slide.zarr")
+    target = (path / user_file).resolve()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text("mine")
+    with pytest.raises(StoreError, match="holds files this tool did not write: "):
+        create(path, overwrite=True)
+    assert target.read_text() == "mine"
+    assert SlideStore.open(path).provenance["complete"] is True
+
+
 def test_overwrite_through_a_symlink_is_refused(tmp_path):
     real = finished(tmp_path / "real.zarr")
     link = tmp_path / "link.zarr"
@@ -248,7 +267,7 @@ def test_overwrite_never_follows_a_symlink_inside_the_store(tmp_path):
     (outside / "data.txt").write_text("keep")
     path = finished(tmp_path / "slide.zarr")
     (path / "labels" / "escape").symlink_to(outside, target_is_directory=True)
-    with pytest.raises(StoreError, match="symbolic links: labels/escape"):
+    with pytest.raises(StoreError, match="labels/escape \\(a symbolic link\\)"):
         create(path, overwrite=True)
     assert (outside / "data.txt").read_text() == "keep"
 
@@ -362,3 +381,60 @@ def test_exports_honour_the_umask(tmp_path, mask):
     for name in ("a.ome.tif", "a.labels.ome.tif", "a.geojson"):
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o666 & ~mask, name
     assert stat.S_IMODE((tmp_path / "a.zarr").stat().st_mode) == 0o777 & ~mask
+
+
+def _with_state(path: Path) -> Path:
+    store = create(path)
+    store.save_state({"latent": np.arange(12, dtype=np.float32).reshape(3, 4)}, {"step": 1})
+    store.close()
+    return path
+
+
+def _edit_pointer(path: Path, **changes) -> None:
+    pointer_file = path / "diffinfinite" / "state.json"
+    pointer = json.loads(pointer_file.read_text())
+    pointer.update(changes)
+    pointer_file.write_text(json.dumps(pointer))
+
+
+def test_resume_state_never_reads_outside_the_store(tmp_path):
+    """The pointer's slot and array names were used as paths: "slot": "../../victim" resumed
+    from a file outside the store."""
+    path = _with_state(tmp_path / "slide.zarr")
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    np.save(victim / "latent.npy", np.ones((3, 4), np.float32))
+    _edit_pointer(path, slot="../../victim")
+    with pytest.raises(StoreError, match="state slot"):
+        SlideStore.open(path).load_state()
+    pointer = json.loads((path / "diffinfinite" / "state.json").read_text())
+    _edit_pointer(path, slot="state_0", arrays={"../../../victim/latent": pointer["arrays"]["latent"]})
+    with pytest.raises(StoreError, match="not a plain name"):
+        SlideStore.open(path).load_state()
+
+
+def test_resume_state_header_claiming_terabytes_is_refused_before_allocating(tmp_path):
+    path = _with_state(tmp_path / "slide.zarr")
+    slot = json.loads((path / "diffinfinite" / "state.json").read_text())["slot"]
+    huge = {"dtype": "<f4", "shape": [1_000_000, 1_000_000]}
+    header = np.lib.format.header_data_from_array_1_0(np.zeros((1, 1), np.float32))
+    header["shape"] = tuple(huge["shape"])
+    with open(path / "diffinfinite" / slot / "latent.npy", "wb") as fh:
+        np.lib.format.write_array_header_1_0(fh, header)
+        fh.write(b"\0" * 64)
+    _edit_pointer(path, arrays={"latent": huge})
+    with pytest.raises(StoreError, match="header claims"):
+        SlideStore.open(path).load_state()
+
+
+def test_a_store_holding_a_link_is_not_opened_for_writing(tmp_path):
+    """A symlinked state folder was followed on resume: the resume wrote into and deleted from
+    the link's target."""
+    path = _with_state(tmp_path / "slide.zarr")
+    elsewhere = tmp_path / "elsewhere"
+    shutil.move(path / "diffinfinite", elsewhere)
+    (path / "diffinfinite").symlink_to(elsewhere, target_is_directory=True)
+    before = sorted(p.name for p in elsewhere.iterdir())
+    with pytest.raises(StoreError, match="symbolic links"):
+        SlideStore.open(path, mode="r+")
+    assert sorted(p.name for p in elsewhere.iterdir()) == before

@@ -319,6 +319,17 @@ def test_overwrite_replaces_an_existing_export(slide_store, tmp_path):
     assert leftovers(tmp_path) == ["o.zarr"]
 
 
+@pytest.mark.parametrize("user_file", ["labels/mine.txt", "0/extra/f", "7/thesis.tex"])
+def test_overwrite_refuses_an_export_holding_a_user_file_inside(slide_store, tmp_path, user_file):
+    out = tmp_path / "o.zarr"
+    export_slide(slide_store, out, "ome-zarr", (0, 0, 100, 100))
+    (out / user_file).parent.mkdir(parents=True, exist_ok=True)
+    (out / user_file).write_text("mine")
+    with pytest.raises(ExportError, match="did not write"):
+        export_slide(slide_store, out, "ome-zarr", (0, 0, 64, 32), overwrite=True)
+    assert (out / user_file).read_text() == "mine"
+
+
 def test_atomic_path_removes_temporary_on_error(tmp_path):
     with pytest.raises(RuntimeError):
         with atomic_path(tmp_path / "x.zarr", directory=True) as tmp:

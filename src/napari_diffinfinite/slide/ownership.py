@@ -3,9 +3,10 @@
 A path is replaced only when it is recognisably ours:
 
 - a **slide store**: a folder whose root zarr attributes hold our provenance
-  (``diffinfinite.software == "napari-diffinfinite"``, no ``export`` record) and whose top level
-  holds nothing but what a store holds (zarr metadata, level folders ``0``, ``1``, ...,
-  ``labels``, ``OME``, ``diffinfinite``, zarr's ``*.partial`` leftovers);
+  (``diffinfinite.software == "napari-diffinfinite"``, no ``export`` record) and which holds,
+  all the way down, nothing but what a store holds (zarr metadata, level arrays ``0``, ``1``,
+  ... with their chunk files, ``labels/tissue`` and its levels, ``OME``, the state folder
+  ``diffinfinite`` with its own few files, zarr's ``*.partial`` leftovers);
 - an **OME-Zarr export**: the same, with the ``export`` record and without ``diffinfinite/``;
 - a **TIFF export**: a TIFF whose first page's Software tag is ``napari-diffinfinite``;
 - a **GeoJSON export**: a JSON object with our provenance (with its ``export`` record).
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ExportError, StoreError
-from .constants import LOCK_FILE, OME_DIR, PROVENANCE_KEY, SOFTWARE, STATE_DIR
+from .constants import LABEL_NAME, LOCK_FILE, OME_DIR, OME_XML, PROVENANCE_KEY, SOFTWARE, STATE_DIR
 
 __all__ = [
     "zarr_root_attrs",
@@ -33,9 +34,11 @@ __all__ = [
     "check_replaceable_store",
     "check_replaceable_export",
     "remove_store_contents",
+    "links_inside",
+    "why_not_replaceable",
 ]
 
-_ZARR_FILES = {".zgroup", ".zattrs", "zarr.json", ".zmetadata"}
+_ZARR_FILES = {".zgroup", ".zattrs", ".zarray", "zarr.json", ".zmetadata"}
 _LEVEL = re.compile(r"^\d+$")
 
 
@@ -60,22 +63,78 @@ def _provenance(path: Path) -> dict[str, Any] | None:
     return record if isinstance(record, dict) and record.get("software") == SOFTWARE else None
 
 
-def _foreign_entries(path: Path, allowed_dirs: set[str]) -> list[str]:
-    """Top-level names a store/export of ours never holds."""
-    foreign = []
-    for entry in os.scandir(path):
-        name = entry.name
-        if entry.is_symlink():
-            foreign.append(f"{name} (a symbolic link)")
-        elif entry.is_dir(follow_symlinks=False):
-            if not (_LEVEL.match(name) or name in allowed_dirs):
-                foreign.append(name)
-        elif not (name in _ZARR_FILES or name.endswith(".partial")):
-            foreign.append(name)
+#: chunk keys of a zarr array: "0.1.2" (format 2) or one part of a nested key "0/1/2"; zarr
+#: format 3 nests them under "c"
+_CHUNK = re.compile(r"^\d+(\.\d+)*$")
+#: the files of the state folder (:mod:`.store`): pointer, label canvas, writer lock, the
+#: temporary files of their atomic replacement, and the two state slots of ``.npy`` arrays
+_STATE_FILES = re.compile(r"^\.?(state\.json|canvas\.npy)(\.tmp-\d+)?$")
+_STATE_SLOT = re.compile(r"^state_[01]$")
+_STATE_ARRAY = re.compile(r"^[A-Za-z0-9_]+\.npy$")
+
+
+def _is_zarr_file(name: str) -> bool:
+    return name in _ZARR_FILES or name.endswith(".partial")
+
+
+def _foreign_inside(path: Path, export: bool) -> list[str]:
+    """Every entry below ``path`` that a store (or an OME-Zarr export) of ours never holds.
+
+    The whole tree is checked, not only the top level: a user's ``labels/notes.geojson`` or
+    ``0/precious.txt`` inside a store must stop ``--overwrite`` as surely as a top-level file.
+    Symbolic links count as foreign wherever they are (never followed).
+    """
+    foreign: list[str] = []
+
+    def walk(folder: Path, rule: str) -> None:
+        for entry in os.scandir(folder):
+            rel = os.path.relpath(entry.path, path)
+            if entry.is_symlink():
+                foreign.append(f"{rel} (a symbolic link)")
+            elif entry.is_dir(follow_symlinks=False):
+                inner = _dir_rule(rule, entry.name, export)
+                if inner is None:
+                    foreign.append(rel + "/")
+                else:
+                    walk(Path(entry.path), inner)
+            elif not _file_allowed(rule, entry.name):
+                foreign.append(rel)
+
+    walk(path, "root")
     return sorted(foreign)
 
 
-def _links_inside(path: Path) -> list[str]:
+def _dir_rule(rule: str, name: str, export: bool) -> str | None:
+    """What a folder ``name`` inside a folder of kind ``rule`` must be, or None if it is foreign."""
+    if rule in ("root", "label-image") and _LEVEL.match(name):
+        return "array"
+    if rule == "root":
+        return {"labels": "labels", OME_DIR: "ome", **({} if export else {STATE_DIR: "state"})}.get(name)
+    if rule == "labels" and name == LABEL_NAME:
+        return "label-image"
+    if rule == "array" and (_CHUNK.match(name) or name == "c"):
+        return "array"
+    if rule == "state" and _STATE_SLOT.match(name):
+        return "slot"
+    return None
+
+
+def _file_allowed(rule: str, name: str) -> bool:
+    if rule in ("root", "labels", "label-image"):
+        return _is_zarr_file(name)
+    if rule == "array":
+        return _is_zarr_file(name) or bool(_CHUNK.match(name))
+    if rule == "ome":
+        return _is_zarr_file(name) or name == OME_XML
+    if rule == "state":
+        return name == LOCK_FILE or bool(_STATE_FILES.match(name))
+    if rule == "slot":
+        return bool(_STATE_ARRAY.match(name))
+    return False
+
+
+def links_inside(path: str | os.PathLike) -> list[str]:
+    """Symbolic links anywhere below ``path`` (relative paths), found without following any."""
     links = []
     for folder, dirs, files in os.walk(path, followlinks=False):
         for name in dirs + files:
@@ -91,13 +150,10 @@ def _why_not_ours_zarr(path: Path, export: bool) -> str | None:
         return "it has no napari-diffinfinite provenance (it was not written by this tool)"
     if export != ("export" in record):
         return "it is a slide store, not an export" if export else "it is an export, not a slide store"
-    allowed = {"labels", OME_DIR} | (set() if export else {STATE_DIR})
-    foreign = _foreign_entries(path, allowed)
+    foreign = _foreign_inside(path, export)
     if foreign:
-        return f"it holds files this tool did not write: {', '.join(foreign[:5])}"
-    links = _links_inside(path)
-    if links:
-        return f"it holds symbolic links: {', '.join(links[:5])}"
+        more = f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
+        return f"it holds files this tool did not write: {', '.join(foreign[:5])}{more}"
     return None
 
 

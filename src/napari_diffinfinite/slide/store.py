@@ -36,6 +36,7 @@ import datetime as _dt
 import io
 import json
 import os
+import re
 import shutil
 import threading
 from pathlib import Path
@@ -52,7 +53,7 @@ from . import ngff
 from .constants import LABEL_NAME, LOCK_FILE, NGFF_VERSION, PROVENANCE_KEY, SOFTWARE, STATE_DIR, TILE
 from .lock import WriterLock
 from .masks import MaskSource
-from .ownership import check_replaceable_store, remove_store_contents
+from .ownership import check_replaceable_store, links_inside, remove_store_contents
 from .pyramid import level_shapes, write_tile_levels
 
 __all__ = ["SlideStore", "NGFF_VERSION", "LABEL_NAME", "STATE_DIR", "PROVENANCE_KEY"]
@@ -60,6 +61,7 @@ __all__ = ["SlideStore", "NGFF_VERSION", "LABEL_NAME", "STATE_DIR", "PROVENANCE_
 _STATE_SLOTS = ("state_0", "state_1")
 _STATE_POINTER = "state.json"
 _CANVAS = "canvas.npy"
+_STATE_ARRAY_NAME = re.compile(r"^[A-Za-z0-9_]+$")
 
 
 def _jsonable(value: Any, where: str) -> Any:
@@ -119,6 +121,26 @@ def _replace_file(path: Path, data: bytes) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(temporary, path)
+
+
+def _load_state_array(file: Path, spec: Any) -> np.ndarray:
+    """One state array, after its header was checked against the pointer's spec and the file's
+    size: a header claiming terabytes must not be allocated before anything is compared."""
+    with open(file, "rb") as fh:
+        version = np.lib.format.read_magic(fh)
+        readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+        if version not in readers:  # np.save writes 1.0 (2.0 for huge headers)
+            raise ValueError(f"{file.name} is a .npy file of version {version}, not one this tool writes")
+        shape, _fortran, dtype = readers[version](fh)
+        data_start = fh.tell()
+    if dtype != np.dtype(spec["dtype"]) or list(shape) != list(spec["shape"]):
+        raise ValueError(f"{file.name} is {dtype} {tuple(shape)}, expected {spec}")
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if file.stat().st_size - data_start != nbytes:
+        raise ValueError(
+            f"{file.name} holds {file.stat().st_size - data_start} bytes of data, its header claims {nbytes}"
+        )
+    return np.load(file, allow_pickle=False)
 
 
 def _axis_names(multiscale: dict[str, Any]) -> list[str]:
@@ -345,6 +367,13 @@ class SlideStore:
         if mode == "r":
             return cls(path, root, mode)
         cls(path, root, "r")  # refuse a foreign store before touching it
+        if path.is_symlink() or links_inside(path):
+            # writes would go through a link to wherever it points (a store from elsewhere can hold one)
+            found = ["the store folder itself"] if path.is_symlink() else links_inside(path)[:5]
+            raise StoreError(
+                f"{path} holds symbolic links ({', '.join(found)}); a store is written only when it holds none, "
+                "so that nothing outside it is written: copy it without links (cp -rL) and resume the copy"
+            )
         writer_lock = WriterLock(path, path / STATE_DIR / LOCK_FILE).acquire()
         try:
             return cls(path, root, mode, writer_lock)
@@ -583,14 +612,18 @@ class SlideStore:
         if not pointer:
             return None
         try:
-            folder = self._state_dir / str(pointer["slot"])
+            slot = pointer["slot"]
+            if slot not in _STATE_SLOTS:  # the pointer names a folder: never anything but ours
+                raise ValueError(f"the state slot is {str(slot)[:60]!r}, not one of {_STATE_SLOTS}")
+            folder = self._state_dir / slot
             arrays = {}
             for name, spec in pointer["arrays"].items():
-                array = np.load(folder / f"{name}.npy", allow_pickle=False)
-                if array.dtype != np.dtype(spec["dtype"]) or list(array.shape) != spec["shape"]:
-                    raise ValueError(f"{name} is {array.dtype} {array.shape}, expected {spec}")
-                arrays[name] = array
+                if not isinstance(name, str) or not _STATE_ARRAY_NAME.match(name):
+                    raise ValueError(f"the state array name {str(name)[:60]!r} is not a plain name")
+                arrays[name] = _load_state_array(folder / f"{name}.npy", spec)
             meta = dict(pointer["meta"])
+        except MemoryError as exc:
+            raise StoreError(f"the resume state in {self.path} is larger than the free memory ({exc})") from exc
         except (KeyError, ValueError, TypeError, OSError) as exc:
             raise StoreError(
                 f"the resume state in {self.path} is damaged ({exc}); start again with --overwrite"

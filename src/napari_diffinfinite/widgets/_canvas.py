@@ -404,6 +404,8 @@ class MaskCanvasWidget(QWidget):
     def _on_canvas_ready(self, canvas: np.ndarray) -> None:
         from ..slide.masks import validate_labels
 
+        if not self.progress.active:  # the viewer closed meanwhile (stop_on_close)
+            return
         try:
             validate_labels(canvas, len(self.state.class_names), self.state.class_names)
         except Exception as exc:  # show, but keep the layout: the user can repaint
@@ -425,7 +427,9 @@ class MaskCanvasWidget(QWidget):
             on_error=lambda exc: notify_error(exc, what), on_finished=self._on_finished, owner=self, **kwargs,
         )  # fmt: skip
         if self._cancel is not None:
-            stop_on_close(self.viewer, self.worker, self._cancel, what.lower() or "working")
+            stop_on_close(
+                self.viewer, self.worker, self._cancel, what.lower() or "working", on_close=self.progress.close
+            )
         return self.worker
 
     def _on_finished(self) -> None:

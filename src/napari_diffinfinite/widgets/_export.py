@@ -288,7 +288,9 @@ class ExportWidget(QWidget):
             overwrite=overwrite, progress=relay, cancel=self.cancel_token,
             on_result=self._on_done, on_error=self._on_error, on_finished=self._on_finished, owner=self,
         )  # fmt: skip
-        stop_on_close(self.viewer, self.worker, self.cancel_token, f"exporting {out.name}")
+        stop_on_close(
+            self.viewer, self.worker, self.cancel_token, f"exporting {out.name}", on_close=self.progress.close
+        )
         return self.worker
 
     def cancel(self) -> None:

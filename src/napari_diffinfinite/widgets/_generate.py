@@ -416,7 +416,9 @@ class GenerateWidget(QWidget):
             run_generation, request, progress=relay, cancel=self.cancel_token,
             on_result=self._on_done, on_error=self._on_error, on_finished=self._on_finished, owner=self,
         )  # fmt: skip
-        stop_on_close(self.viewer, self.worker, self.cancel_token, f"generating {out.name}")
+        stop_on_close(
+            self.viewer, self.worker, self.cancel_token, f"generating {out.name}", on_close=self.progress.close
+        )
         return self.worker
 
     def _refuse(self, exc: BaseException) -> None:
@@ -524,6 +526,8 @@ class GenerateWidget(QWidget):
 
     # -- outcome ----------------------------------------------------------------------
     def _on_done(self, out: str) -> None:
+        if not self.progress.active:  # the viewer closed meanwhile (stop_on_close): nothing to show
+            return
         if not self._layers_alive():
             self._add_slide_layers()
         self.refresh_layers()
@@ -536,6 +540,8 @@ class GenerateWidget(QWidget):
         self.viewer.status = f"DiffInfinite: slide written to {out}"
 
     def _on_error(self, exc: BaseException) -> None:
+        if not self.progress.active:  # the viewer closed meanwhile
+            return
         if self._layers_alive():
             self.refresh_layers()
         if isinstance(exc, Cancelled):

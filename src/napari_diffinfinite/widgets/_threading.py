@@ -129,14 +129,18 @@ CLOSE_WAIT_S = 15.0
 TASK_PROVIDER = "napari-diffinfinite"
 
 
-def stop_on_close(viewer: Any, worker: FunctionWorker, token: Any, description: str) -> None:
+def stop_on_close(
+    viewer: Any, worker: FunctionWorker, token: Any, description: str, on_close: Callable[[], None] | None = None
+) -> None:
     """Cancel ``worker``'s job (through ``token``) when napari's window closes, and wait for it.
 
     The job is registered with the window's task-status manager: closing the window asks
     the user first ("tasks are running"), then cancels every registered task; here that sets
     the token and waits up to :data:`CLOSE_WAIT_S` for the job to stop (a generation saves
-    its state, so the store stays resumable). Without this the worker ran on after the
-    window was gone and reported to deleted widgets. napari offers no public hook for this
+    its state, so the store stays resumable), then calls ``on_close`` (the widget stops
+    showing the job: results and progress still queued must not add layers to a closed
+    viewer). Without this the worker ran on after the window was gone and reported to
+    deleted widgets. napari offers no public hook for this
     (0.9), so a viewer without the private ``_register_task_status`` is left as it was.
     """
     window = getattr(viewer, "window", None)
@@ -149,8 +153,13 @@ def stop_on_close(viewer: Any, worker: FunctionWorker, token: Any, description: 
     stopped: threading.Event = worker.stopped
 
     def cancel_and_wait() -> bool:
+        if stopped.is_set():  # napari cancels finished tasks too
+            return True
         token.cancel()
-        return stopped.wait(CLOSE_WAIT_S)
+        ended = stopped.wait(CLOSE_WAIT_S)
+        if on_close is not None:
+            on_close()
+        return ended
 
     task = register(TASK_PROVIDER, Status.BUSY, description, cancel_and_wait)
 
