@@ -96,3 +96,36 @@ def test_key_moved_away(study, tmp_path):
     with pytest.raises(DiffInfiniteError, match="key"):
         score_answers(blind, tmp_path / "b.csv")
     assert score_answers(load_study(study.folder, key), tmp_path / "b.csv").answered == 1
+
+
+def test_overwrite_keeps_answers_saved_in_the_study_folder(study, tmp_path):
+    """The widget saves answers-<reader>.csv in the study folder; re-exporting with
+    --overwrite deleted them with the rest of the folder."""
+    from napari_diffinfinite.evaluation.distances import EvaluationError
+
+    answers = study.folder / "answers-ab.csv"
+    ReaderSession(study, answers, "ab").answer("real")
+    with pytest.raises(EvaluationError, match="did not write.*answers-ab.csv"):
+        build_study([tmp_path / "real"], [tmp_path / "fake"], study.folder, tiles_per_source=5, size=48, overwrite=True)
+    assert answers.is_file()
+    answers.unlink()  # what the tool wrote alone is replaced
+    again = build_study(
+        [tmp_path / "real"], [tmp_path / "fake"], study.folder, tiles_per_source=2, size=48, overwrite=True
+    )
+    assert len(again) == 4
+
+
+def test_a_report_folder_with_other_files_is_not_overwritten(tmp_path):
+    from napari_diffinfinite.evaluation.distances import EvaluationError
+    from napari_diffinfinite.evaluation.report import REPORT_FILES, check_report_folder
+
+    out = tmp_path / "report"
+    out.mkdir()
+    for name in REPORT_FILES.values():
+        (out / name).write_text("{}")
+    check_report_folder(out, overwrite=True)  # a report of ours: may be replaced
+    (out / "my_notes.txt").write_text("mine")
+    with pytest.raises(EvaluationError, match="did not write.*my_notes.txt"):
+        check_report_folder(out, overwrite=True)
+    with pytest.raises(EvaluationError, match="pass --overwrite"):
+        check_report_folder(out)

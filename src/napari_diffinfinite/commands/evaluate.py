@@ -88,10 +88,9 @@ def run(args: argparse.Namespace) -> int:
         seams=not args.no_seams, seam_periods=tuple(args.seam_period or (128,)), adherence=not args.no_adherence,
         class_map=parse_class_map(args.class_map) if args.class_map else None, segmenter=args.segmenter,
     )  # fmt: skip
-    if args.out.exists() and not args.overwrite:
-        from ..evaluation.distances import EvaluationError
+    from ..evaluation.report import check_report_folder
 
-        raise EvaluationError(f"{args.out} exists; choose another --out folder or pass --overwrite")
+    check_report_folder(args.out, overwrite=args.overwrite)  # before the work, not after
     progress = TqdmProgress(disable=args.quiet)
     try:
         result = evaluate(

@@ -221,6 +221,36 @@ def _json_ready(value):
     return value
 
 
+#: the files of a report folder: all that --overwrite may replace
+REPORT_FILES = {
+    "metrics": "metrics.json",
+    "real_grid": "real_grid.png",
+    "synthetic_grid": "synthetic_grid.png",
+    "report_png": "report.png",
+    "report_html": "report.html",
+}
+
+
+def check_report_folder(out: str | Path, *, overwrite: bool = False) -> None:
+    """Refuse ``out`` unless it is new, or (with ``overwrite``) a report folder holding only the
+    files a report has: --overwrite removes only what this tool wrote. Call before the work."""
+    out = Path(out)
+    if not out.exists() and not out.is_symlink():
+        return
+    if not overwrite:
+        raise EvaluationError(f"{out} exists; choose another --out folder or pass --overwrite")
+    if out.is_symlink() or not out.is_dir() or not (out / REPORT_FILES["metrics"]).is_file():
+        raise EvaluationError(f"{out} exists and is not an evaluation report folder; choose another --out folder")
+    from ..slide.ownership import unexpected_entries
+
+    extra = unexpected_entries(out, set(REPORT_FILES.values()))
+    if extra:
+        raise EvaluationError(
+            f"refusing to overwrite {out}: it holds files this tool did not write ({', '.join(extra[:5])}); "
+            "move them out or choose another --out folder"
+        )
+
+
 def write_report(result: EvaluationResult, out_dir: str | Path, *, overwrite: bool = False) -> dict[str, Path]:
     """Write metrics.json, real_grid.png, synthetic_grid.png, report.png and report.html into ``out_dir``.
 
@@ -229,20 +259,10 @@ def write_report(result: EvaluationResult, out_dir: str | Path, *, overwrite: bo
     ``overwrite``; a folder holding anything else is never replaced.
     """
     out = Path(out_dir)
-    if out.exists():
-        if not overwrite:
-            raise EvaluationError(f"{out} exists; choose another --out folder or pass --overwrite")
-        if not out.is_dir() or not (out / "metrics.json").is_file():
-            raise EvaluationError(f"{out} exists and is not an evaluation report folder; choose another --out folder")
+    check_report_folder(out, overwrite=overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     result.metrics = _json_ready(result.metrics)
-    names = {
-        "metrics": "metrics.json",
-        "real_grid": "real_grid.png",
-        "synthetic_grid": "synthetic_grid.png",
-        "report_png": "report.png",
-        "report_html": "report.html",
-    }
+    names = REPORT_FILES
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         (tmp / names["metrics"]).write_text(json.dumps(result.metrics, indent=2))

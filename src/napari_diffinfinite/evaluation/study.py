@@ -22,6 +22,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -97,8 +98,16 @@ def build_study(
     if folder.exists():
         if not overwrite:
             raise EvaluationError(f"{folder} exists; choose another study folder or pass --overwrite")
-        if not (folder / META_NAME).is_file():
+        if folder.is_symlink() or not (folder / META_NAME).is_file():
             raise EvaluationError(f"{folder} exists and is not a study folder; choose another folder")
+        from ..slide.ownership import unexpected_entries
+
+        extra = unexpected_entries(folder, {META_NAME, KEY_NAME}, {TILE_DIR: re.compile(r"^\d+\.png$")})
+        if extra:  # readers' answers are often saved in the study folder: never delete them
+            raise EvaluationError(
+                f"refusing to overwrite {folder}: it holds files this tool did not write ({', '.join(extra[:5])}), "
+                "e.g. readers' answers; move them out or choose another study folder"
+            )
     entries: list[tuple[str, str, np.ndarray]] = []  # (source kind, origin, pixels)
     for kind, paths in (("real", real), ("synthetic", synthetic)):
         sample = sample_tiles(paths, tiles_per_source, size=size, level=level, seed=seed, include_glass=include_glass)

@@ -35,6 +35,7 @@ __all__ = [
     "check_replaceable_export",
     "remove_store_contents",
     "links_inside",
+    "unexpected_entries",
     "why_not_replaceable",
 ]
 
@@ -131,6 +132,30 @@ def _file_allowed(rule: str, name: str) -> bool:
     if rule == "slot":
         return bool(_STATE_ARRAY.match(name))
     return False
+
+
+def unexpected_entries(
+    folder: str | os.PathLike, files: set[str], dirs: dict[str, re.Pattern] | None = None
+) -> list[str]:
+    """What in ``folder`` this tool did not write, for a folder it replaces whole (a report,
+    a study): names outside ``files``, and in each folder of ``dirs`` files not matching its
+    pattern; links and anything deeper always count. An empty list means it may be replaced."""
+    dirs = dirs or {}
+    unexpected = []
+    for entry in os.scandir(folder):
+        if entry.is_symlink():
+            unexpected.append(f"{entry.name} (a symbolic link)")
+        elif entry.is_dir(follow_symlinks=False) and entry.name in dirs:
+            for inner in os.scandir(entry.path):
+                if (
+                    inner.is_symlink()
+                    or not inner.is_file(follow_symlinks=False)
+                    or not dirs[entry.name].match(inner.name)
+                ):
+                    unexpected.append(f"{entry.name}/{inner.name}")
+        elif entry.is_dir(follow_symlinks=False) or entry.name not in files:
+            unexpected.append(entry.name + ("/" if entry.is_dir(follow_symlinks=False) else ""))
+    return sorted(unexpected)
 
 
 def links_inside(path: str | os.PathLike) -> list[str]:
