@@ -234,6 +234,16 @@ def test_geojson_region_export_imports_back(slide_store, slide_labels, tmp_path)
     np.testing.assert_array_equal(imported.canvas, crop(slide_labels, REGION))
 
 
+def test_geojson_of_a_region_too_large_even_at_the_coarsest_level_is_refused(slide_store, tmp_path):
+    """A store without a pyramid (one 60000 x 60000 px level) made GeoJSON export read the whole
+    level (26.8 GiB); the limit that picks the level now also refuses what no level fits."""
+    from napari_diffinfinite.slide.geojson import export_geojson
+
+    with pytest.raises(ExportError, match="even at the coarsest"):
+        export_geojson(slide_store, tmp_path / "o.geojson", max_pixels=64)
+    assert leftovers(tmp_path) == []
+
+
 def test_geojson_export_of_coarse_level_is_close(slide_store, slide_labels, tmp_path):
     from napari_diffinfinite.slide.geojson import geojson_to_labels
 

@@ -456,3 +456,24 @@ def test_damaged_provenance_is_one_message_naming_the_field(store, field, value)
     meta.write_text(json.dumps(attrs))
     with pytest.raises(StoreError, match=f"provenance field '{field}' is .* damaged"):
         SlideStore.open(store.path)
+
+
+def test_label_levels_claiming_another_shape_are_refused(filled):
+    """A labels .zarray claiming 10^6 x 10^6 px made GeoJSON export allocate 931 GiB."""
+    store = filled[0]
+    store.close()
+    meta = store.path / "labels" / "tissue" / "0" / ".zarray"
+    zarray = json.loads(meta.read_text())
+    zarray["shape"] = [1_000_000, 1_000_000]
+    meta.write_text(json.dumps(zarray))
+    with pytest.raises(StoreError, match="label levels .* do not match the image levels"):
+        SlideStore.open(store.path)
+
+
+def test_a_read_larger_than_the_free_memory_is_one_message(filled, monkeypatch):
+    from napari_diffinfinite.slide import store as store_module
+
+    monkeypatch.setattr(store_module, "READ_MEMORY_SHARE", 1e-12)
+    s = filled[0]
+    with pytest.raises(StoreError, match="more than half the free memory"):
+        s.read_region(0, 0, 64, 0, 64)

@@ -73,3 +73,36 @@ def test_layout_source_for_a_synthetic_twin(cmu_svs):
     assert source.region(3600, 4000, 1200, 1600).min() == 2  # the tissue's base
     with pytest.raises(MaskError, match="between 0 and 255"):
         tissue_mask(cmu_svs, max_side=64).to_canvas(300)
+
+
+class _OneLevelSlide:
+    """A slide of one level only (no pyramid) that records how much each read asks for."""
+
+    def __init__(self, image):
+        self.image = image
+        self.shape = image.shape[:2]
+        self.level_shapes = [self.shape]
+        self.largest_read = 0
+
+    def read_region(self, level, y0, y1, x0, x1):
+        self.largest_read = max(self.largest_read, (y1 - y0) * (x1 - x0))
+        return self.image[y0:y1, x0:x1].copy()
+
+
+def test_a_slide_without_a_small_level_is_shrunk_in_strips(monkeypatch):
+    """A 151-byte TIFF claiming 20000 x 20000 px (one level) made tissue detection read the whole
+    level at once (1.9 GB); now it is read in bounded strips and gives the same thumbnail."""
+    from napari_diffinfinite.slide import tissue
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (1200, 1600, 3), dtype=np.uint8)
+    monkeypatch.setattr(tissue, "STRIP_PIXELS", 100_000)
+    slide = _OneLevelSlide(image)
+    small = tissue._low_resolution_rgb(slide, 200)
+    assert small.shape == (150, 200, 3)
+    assert slide.largest_read <= 100_000 + 1600 * 8
+    reference = image.reshape(150, 8, 200, 8, 3).mean(axis=(1, 3))
+    assert np.abs(small.astype(float) - reference).max() <= 1.0
+    monkeypatch.setattr(tissue, "MAX_LEVEL_PIXELS", 1_000_000)
+    with pytest.raises(MaskError, match="no pyramid level near 200 px"):
+        tissue._low_resolution_rgb(_OneLevelSlide(image), 200)

@@ -332,6 +332,11 @@ def store_adherence(
     while level < store.num_levels - 1 and max(store.level_shapes[level]) > max_side:
         level += 1
     h, w = store.level_shapes[level]
+    if max(h, w) > 4 * max_side:  # a store without a pyramid: the whole slide would be read
+        raise AdherenceError(
+            f"{store.path} has no pyramid level of at most {max_side} px per side (its smallest is {w} x {h}); "
+            "layout adherence reads one level whole: leave it out (--no-adherence) or evaluate a store with a pyramid"
+        )
     rgb = store.read_region(level, 0, h, 0, w)
     layout = np.asarray(store.label_level(level)[...])
     return layout_adherence(layout, np.asarray(segmenter(rgb)), mapping), level

@@ -622,6 +622,12 @@ def export_geojson(
     k = 0
     while k + 1 < store.num_levels and (-(-h // 2**k)) * (-(-w // 2**k)) > max_pixels:
         k += 1
+    if (-(-h // 2**k)) * (-(-w // 2**k)) > max_pixels:
+        raise ExportError(
+            f"the labels of this {w} x {h} px region are {-(-w // 2**k)} x {-(-h // 2**k)} px even at the coarsest of "
+            f"the store's {store.num_levels} levels; GeoJSON outlines are traced on at most {max_pixels:,} px: "
+            "export a smaller --region, or a store with a pyramid"
+        )
     f = 2**k
     r0, r1 = y // f, min(-(-(y + h) // f), store.level_shapes[k][0])
     c0, c1 = x // f, min(-(-(x + w) // f), store.level_shapes[k][1])

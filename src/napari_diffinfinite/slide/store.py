@@ -35,6 +35,7 @@ from __future__ import annotations
 import datetime as _dt
 import io
 import json
+import logging
 import os
 import re
 import shutil
@@ -57,6 +58,8 @@ from .ownership import check_replaceable_store, links_inside, remove_store_conte
 from .pyramid import level_shapes, write_tile_levels
 
 __all__ = ["SlideStore", "NGFF_VERSION", "LABEL_NAME", "STATE_DIR", "PROVENANCE_KEY"]
+
+log = logging.getLogger(__name__)
 
 _STATE_SLOTS = ("state_0", "state_1")
 _STATE_POINTER = "state.json"
@@ -121,6 +124,25 @@ def _replace_file(path: Path, data: bytes) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(temporary, path)
+
+
+#: of the available memory, at most this share may go to one in-memory read of a store
+READ_MEMORY_SHARE = 0.5
+
+
+def check_read_fits(nbytes: int, what: str) -> None:
+    """Refuse a read of ``nbytes`` that would not fit in memory, with one clear message.
+
+    Stores come from anywhere: a 60000 x 60000 px level without a pyramid (or metadata that
+    claims one) must end in this message, not in the system running out of memory."""
+    import psutil
+
+    available = psutil.virtual_memory().available
+    if nbytes > READ_MEMORY_SHARE * available:
+        raise StoreError(
+            f"reading {what} needs {nbytes / 2**30:.1f} GiB, more than half the free memory "
+            f"({available / 2**30:.1f} GiB): use a smaller region, or a store with a pyramid of smaller levels"
+        )
 
 
 def _load_state_array(file: Path, spec: Any) -> np.ndarray:
@@ -193,6 +215,16 @@ class SlideStore:
         self._labels = self._open_labels(root)
         provenance = attrs.get(PROVENANCE_KEY)
         self._ours = isinstance(provenance, dict)
+        if self._labels is not None:
+            label_shapes = [tuple(int(v) for v in a.shape) for a in self._labels]
+            if label_shapes != self.level_shapes:  # what readers index (and allocate) by the image's levels
+                if self._ours:
+                    raise StoreError(
+                        f"{path}: the label levels {label_shapes[:4]} do not match the image levels "
+                        f"{self.level_shapes[:4]}; the store is damaged: regenerate or copy it again"
+                    )
+                log.warning("%s: its label levels do not match its image levels; the labels are not used", path)
+                self._labels = None
         if mode == "r+" and not self._ours:
             raise StoreError(
                 f"{path} was not written by napari-diffinfinite (no {PROVENANCE_KEY!r} provenance); open it read-only"
@@ -405,6 +437,7 @@ class SlideStore:
         h, w = self.level_shapes[level]
         if not (0 <= y0 <= y1 <= h and 0 <= x0 <= x1 <= w):
             raise StoreError(f"region y {y0}:{y1}, x {x0}:{x1} is outside level {level} ({h} x {w} px)")
+        check_read_fits((y1 - y0) * (x1 - x0) * 3 * 2, f"{y1 - y0} x {x1 - x0} px of level {level} of {self.path}")
         return np.ascontiguousarray(np.moveaxis(self._images[level][:, y0:y1, x0:x1], 0, -1))
 
     @property

@@ -149,6 +149,28 @@ def tissue_mask_from_rgb(
     return mask, float(threshold)
 
 
+#: a level of more pixels than this is read in strips of about this many pixels
+STRIP_PIXELS = 4096 * 4096
+#: a level of more pixels than this is not read for a tissue mask at all (a 32k x 32k slide
+#: without a pyramid, or a tiny file claiming to be one)
+MAX_LEVEL_PIXELS = 32768 * 32768
+
+
+def _shrunk_by_strips(slide: RealSlide, level: int, factor: int) -> np.ndarray:
+    """Level ``level`` shrunk by ``factor`` (box mean), read in strips of rows: the memory is one
+    strip plus the result, not the level (a slide whose smallest level is 20000 px wide)."""
+    h, w = slide.level_shapes[level]
+    h, w = h // factor * factor, w // factor * factor
+    rows = max(factor, STRIP_PIXELS // max(w, 1) // factor * factor)
+    out = np.empty((h // factor, w // factor, 3), np.uint8)
+    for y0 in range(0, h, rows):
+        y1 = min(y0 + rows, h)
+        strip = slide.read_region(level, y0, y1, 0, w).astype(np.float32)
+        shrunk = strip.reshape((y1 - y0) // factor, factor, w // factor, factor, 3).mean(axis=(1, 3))
+        out[y0 // factor : y1 // factor] = np.rint(shrunk).astype(np.uint8)
+    return out
+
+
 def _low_resolution_rgb(slide: RealSlide, max_side: int) -> np.ndarray:
     """The slide shrunk so that its longer side is ``max_side`` (never enlarged)."""
     h0, w0 = slide.shape
@@ -161,7 +183,16 @@ def _low_resolution_rgb(slide: RealSlide, max_side: int) -> np.ndarray:
         if h >= out_h and w >= out_w:
             level = k
     h, w = slide.level_shapes[level]
-    rgb = slide.read_region(level, 0, h, 0, w)
+    if h * w > MAX_LEVEL_PIXELS:
+        raise MaskError(
+            f"the slide has no pyramid level near {max_side} px (the smallest is {w} x {h} px); reading it "
+            "whole would take too long: make a pyramid first (e.g. vips tiffsave IN OUT.tif --tile --pyramid)"
+        )
+    if h * w > STRIP_PIXELS:  # a slide without a small level: shrink strip by strip, memory bounded
+        rgb = _shrunk_by_strips(slide, level, max(1, min(h // out_h, w // out_w)))
+        h, w = rgb.shape[:2]
+    else:
+        rgb = slide.read_region(level, 0, h, 0, w)
     if (h, w) != (out_h, out_w):
         rgb = np.asarray(Image.fromarray(rgb).resize((out_w, out_h), Image.Resampling.BOX))
     return rgb
