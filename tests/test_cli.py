@@ -100,6 +100,7 @@ def test_help(argv, capsys):
 # -- errors, exit codes and interrupts ---------------------------------------------------
 
 from napari_diffinfinite import cli, engine  # noqa: E402
+from napari_diffinfinite.progress import Cancelled  # noqa: E402
 
 
 def _one_error_line(err: str) -> str:
@@ -127,13 +128,57 @@ def test_internal_error_is_one_line_and_v_shows_the_traceback(tmp_path, tiny_ima
 
 
 def test_keyboard_interrupt_exits_130_with_one_line(tmp_path, tiny_image_model_dir, monkeypatch, capsys):
-    def interrupted(*args, **kwargs):
+    def interrupted(request, **kwargs):
+        request.path.mkdir()  # the store exists: it is resumable
         raise KeyboardInterrupt
 
     monkeypatch.setattr(engine, "run_generate", interrupted)
     assert main(_label_args(tmp_path, tiny_image_model_dir)) == 130
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--resume" in err[0]
+
+
+def test_interrupt_before_the_store_exists_does_not_point_to_resume(
+    tmp_path, tiny_image_model_dir, monkeypatch, capsys
+):
+    """Ctrl-C while the layout was sampled said "the sampler state was saved: ... --resume"
+    although no store existed yet."""
+
+    def interrupted(request, **kwargs):
+        raise Cancelled("cancelled by the user")
+
+    monkeypatch.setattr(engine, "run_generate", interrupted)
+    assert main(_label_args(tmp_path, tiny_image_model_dir)) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "before anything was written" in err[0] and "--resume" not in err[0]
+
+
+def test_ctrl_c_while_the_commands_import_is_one_line(monkeypatch, capsys):
+    """Ctrl-C in the first seconds (while build_parser imports the commands, torch among them)
+    printed a Python traceback."""
+
+    def importing(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "build_parser", importing)
+    assert main(["info", "x"]) == 130
+    assert capsys.readouterr().err.strip() == "diffinfinite: interrupted"
+
+
+def test_output_into_a_closed_pipe_is_not_an_error(small_store):
+    """`diffinfinite info STORE | head -1` printed "internal error: BrokenPipeError"."""
+    import subprocess
+    import sys
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "napari_diffinfinite", "info", str(small_store)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    process.stdout.read(1)
+    process.stdout.close()  # the reader goes away after one byte, as `head -c1` does
+    err = process.stderr.read().decode()
+    assert process.wait(timeout=120) in (0, 141), err
+    assert "error" not in err and "Traceback" not in err, err
 
 
 def test_missing_optional_extra_is_named(tmp_path, tiny_image_model_dir, monkeypatch, capsys):

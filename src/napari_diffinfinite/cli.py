@@ -21,6 +21,7 @@ import argparse
 import errno
 import importlib
 import logging
+import os
 import sys
 import traceback
 
@@ -30,6 +31,7 @@ from .progress import Cancelled
 
 COMMANDS = ("generate", "generate_many", "info", "convert", "export", "train", "bench", "evaluate", "study")
 EXIT_ERROR, EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED = 1, 2, 70, 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a command killed by it
 
 #: Optional dependencies and the extra that installs them.
 OPTIONAL_EXTRAS = {"openslide": "slides", "napari": "gui", "qtpy": "gui", "magicgui": "gui", "PyQt6": "gui"}
@@ -86,6 +88,19 @@ def _os_error(exc: OSError) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The ``diffinfinite`` command; returns its exit status."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # Ctrl-C while the command's modules import (seconds, torch among them)
+        print("diffinfinite: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # `diffinfinite info X | head -1`: the reader went away; not our error
+        # Python would report the broken pipe again when it flushes stdout at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -113,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
             )
             return EXIT_ERROR
         return _internal(exc, verbose)
+    except BrokenPipeError:
+        raise
     except OSError as exc:
         if exc.errno in _OS_ERRORS:
             _error(_os_error(exc))

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .. import engine
 from ..errors import SettingsError
+from ..progress import Cancelled
 from ..threads import AdaptiveThreads, adaptive_progress
 from ._progress import TqdmProgress
 from ._signals import cancel_on_signals
@@ -251,6 +252,10 @@ def run(args: argparse.Namespace) -> int:
         with cancel_on_signals() as token:
             generate = run_generate_distributed if launched_distributed() else engine.run_generate
             store = generate(request, progress=progress, cancel=token)
+    except (Cancelled, KeyboardInterrupt):
+        if not request.path.exists():  # stopped before the store was created (e.g. sampling the layout)
+            args.interrupted = "interrupted before anything was written; run the same command to start again"
+        raise
     finally:
         bar.close()
     if rank() != 0:
