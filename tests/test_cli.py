@@ -439,3 +439,34 @@ def test_progress_bars_time_each_stage(monkeypatch):
     bar.close()  # 7.5
     assert bar.seconds == {"mask": 2.0, "sample": 5.5}
     assert bar.timing() == "mask 2.0 s, sample 5.5 s"
+
+
+def test_sigterm_during_an_export_leaves_nothing(tmp_path):
+    """`timeout` or a scheduler stops with SIGTERM, which ended the export at once with its
+    temporary files left next to the output."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import zarr
+
+    src = tmp_path / "big.zarr"  # one 16384 px level of empty chunks: exporting it takes a while
+    group = zarr.open_group(str(src), mode="w", zarr_format=2)
+    group.create_array("0", shape=(3, 16384, 16384), dtype="u1", chunks=(3, 512, 512), fill_value=200)
+    axes = [{"name": "c", "type": "channel"}, {"name": "y", "type": "space"}, {"name": "x", "type": "space"}]
+    group.attrs["multiscales"] = [{"version": "0.4", "axes": axes, "datasets": [{"path": "0"}]}]
+    out = tmp_path / "exports"
+    out.mkdir()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "napari_diffinfinite", "export", str(src), str(out / "o.tif"), "-q"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not list(out.iterdir()) and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    assert list(out.iterdir()), "the export never started writing"
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err.decode()[-2000:]
+    assert list(out.iterdir()) == []

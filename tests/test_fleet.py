@@ -168,3 +168,17 @@ def test_bad_mask_message_names_the_slide_and_the_class(tmp_path, tiny_image_mod
     )  # fmt: skip
     outcome = generate_one(request)
     assert not outcome.ok and outcome.out == tmp_path / "bad.zarr" and "7" in outcome.error
+
+
+def test_a_manifest_that_is_not_utf8_csv_is_one_message(tmp_path):
+    from napari_diffinfinite.commands.generate_many import read_rows
+    from napari_diffinfinite.errors import SettingsError
+
+    manifest = tmp_path / "m.csv"
+    manifest.write_bytes(b"out,size\n\xff\xfe.zarr,512\n")
+    with pytest.raises(SettingsError, match="not a UTF-8 CSV"):
+        read_rows(manifest)
+    deep = tmp_path / "m.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(SettingsError, match="not valid JSON"):
+        read_rows(deep)

@@ -213,3 +213,17 @@ def test_colours():
     assert normalise_color("#c80000") == [200, 0, 0]
     assert normalise_color(-16738048) == [0, 153, 0]  # 0xFF009900, QuPath ARGB
     assert normalise_color((1, 2, 3, 255)) == [1, 2, 3]
+
+
+def test_hostile_json_is_one_mask_error(tmp_path):
+    """Nesting 100000 deep raised RecursionError, a NaN coordinate a GEOSException, both as
+    "internal error"."""
+    deep = tmp_path / "deep.geojson"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(MaskError, match="not valid JSON"):
+        read_geojson_features(deep)
+    square = [[[0, 0], [10, 0], [10, float("nan")], [0, 10], [0, 0]]]
+    feature = {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": square},
+               "properties": {"classification": {"name": "tumour"}}}  # fmt: skip
+    with pytest.raises(MaskError, match="not finite"):
+        geojson_to_labels([feature], class_names=["unknown", "tumour"], slide_shape=(32, 32))

@@ -477,3 +477,18 @@ def test_a_read_larger_than_the_free_memory_is_one_message(filled, monkeypatch):
     s = filled[0]
     with pytest.raises(StoreError, match="more than half the free memory"):
         s.read_region(0, 0, 64, 0, 64)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "chunks", "match"),
+    [("f8", (3, 64, 64), "float64, not 8-bit"), ("u1", (3, 100_000, 100_000), "chunks are at most")],
+)
+def test_a_level_this_tool_cannot_read_in_bounded_memory_is_one_message(tmp_path, dtype, chunks, match):
+    """A float64 image or chunks of gigabytes failed deep in numpy ("cannot reshape")."""
+    path = tmp_path / "odd.zarr"
+    group = zarr.open_group(str(path), mode="w", zarr_format=2)
+    group.create_array("0", shape=(3, 128, 128), dtype=dtype, chunks=chunks)
+    axes = [{"name": "c", "type": "channel"}, {"name": "y", "type": "space"}, {"name": "x", "type": "space"}]
+    group.attrs["multiscales"] = [{"version": "0.4", "axes": axes, "datasets": [{"path": "0"}]}]
+    with pytest.raises(StoreError, match=match):
+        SlideStore.open(path)

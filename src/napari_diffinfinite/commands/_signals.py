@@ -43,3 +43,22 @@ def cancel_on_signals(signals: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM raises KeyboardInterrupt inside, as Ctrl-C does, for commands that cannot be
+    cancelled cooperatively: their ``finally`` blocks then remove temporary output, which the
+    default SIGTERM (immediate exit) would leave behind. Plain outside the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, _frame) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

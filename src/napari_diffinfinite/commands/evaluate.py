@@ -91,15 +91,18 @@ def run(args: argparse.Namespace) -> int:
     from ..evaluation.report import check_report_folder
 
     check_report_folder(args.out, overwrite=args.overwrite)  # before the work, not after
+    from ._signals import sigterm_as_interrupt
+
     progress = TqdmProgress(disable=args.quiet)
-    try:
-        result = evaluate(
-            args.real, args.synthetic, training=args.training, held_out=args.held_out, settings=settings,
-            progress=progress,
-        )  # fmt: skip
-    finally:
-        progress.close()
-    files = write_report(result, args.out, overwrite=args.overwrite)
+    with sigterm_as_interrupt():  # a half-written report folder is removed, as on Ctrl-C
+        try:
+            result = evaluate(
+                args.real, args.synthetic, training=args.training, held_out=args.held_out, settings=settings,
+                progress=progress,
+            )  # fmt: skip
+        finally:
+            progress.close()
+        files = write_report(result, args.out, overwrite=args.overwrite)
     if args.json:
         print(json.dumps(result.metrics, indent=2))
     else:

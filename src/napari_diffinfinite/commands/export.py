@@ -63,17 +63,21 @@ def format_from_suffix(out: Path) -> str | None:
 
 def run(args: argparse.Namespace) -> int:
     from ._progress import TqdmProgress
+    from ._signals import cancel_on_signals
 
     fmt = args.format or format_from_suffix(args.out)
     if fmt is None:
         raise ExportError(f"cannot tell the format from {args.out.name!r}; pass --format ({', '.join(FORMATS)})")
     bar = TqdmProgress(disable=args.quiet)
     try:
-        result = export_slide(
-            args.slide, args.out, fmt, args.region,
-            ngff_version=args.ngff_version, compression=args.compression, quality=args.quality,
-            overwrite=args.overwrite, progress=bar,
-        )  # fmt: skip
+        # SIGTERM (a scheduler's or `timeout`'s stop) cancels like Ctrl-C, so the temporary
+        # files are removed; without a handler SIGTERM ended the process with them left behind
+        with cancel_on_signals() as token:
+            result = export_slide(
+                args.slide, args.out, fmt, args.region,
+                ngff_version=args.ngff_version, compression=args.compression, quality=args.quality,
+                overwrite=args.overwrite, progress=bar, cancel=token,
+            )  # fmt: skip
     finally:
         bar.close()
     x, y, w, h = result.region

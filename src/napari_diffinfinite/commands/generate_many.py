@@ -95,13 +95,16 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
     if path.suffix.lower() == ".json":
         try:
             rows = json.loads(path.read_text(encoding="utf-8"))
-        except ValueError as exc:
-            raise SettingsError(f"manifest {path} is not valid JSON: {exc}") from None
+        except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+            raise SettingsError(f"manifest {path} is not valid JSON: {str(exc)[:200]}") from None
         if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
             raise SettingsError(f"manifest {path} must be a JSON list of objects, one per slide")
         return rows
-    with path.open(newline="", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle))
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle))
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise SettingsError(f"manifest {path} is not a UTF-8 CSV file with a header row: {str(exc)[:200]}") from None
     if rows and None in rows[0]:
         raise SettingsError(f"manifest {path}: a row has more cells than the header has columns")
     return rows

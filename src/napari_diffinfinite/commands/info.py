@@ -42,7 +42,7 @@ def _is_diffusers_folder(path: Path) -> bool:
     if config.is_file() and config.stat().st_size < 1 << 20:
         try:
             return json.loads(config.read_text()).get("_class_name") == "ControlNetModel"
-        except (ValueError, AttributeError):
+        except (OSError, ValueError, AttributeError, RecursionError):  # the model loader reports what is wrong
             return False
     return False
 

@@ -44,10 +44,13 @@ def run(args: argparse.Namespace) -> int:
     from ..evaluation.study import build_study, load_study, score_answers
 
     if args.action == "export":
-        study = build_study(
-            args.real, args.synthetic, args.out, tiles_per_source=args.tiles, size=args.tile_size,
-            level=args.level, seed=args.seed, include_glass=args.include_glass, overwrite=args.overwrite,
-        )  # fmt: skip
+        from ._signals import sigterm_as_interrupt
+
+        with sigterm_as_interrupt():  # the half-written study folder is removed
+            study = build_study(
+                args.real, args.synthetic, args.out, tiles_per_source=args.tiles, size=args.tile_size,
+                level=args.level, seed=args.seed, include_glass=args.include_glass, overwrite=args.overwrite,
+            )  # fmt: skip
         counts = {k: list(study.key.values()).count(k) for k in ("real", "synthetic")}
         print(
             f"study folder {study.folder}: {len(study)} tiles ({counts['real']} real, {counts['synthetic']} synthetic)"

@@ -155,8 +155,8 @@ def read_cascade_file(path: str | Path) -> list[str]:
         data = json.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise SettingsError(f"cannot read the cascade file {path}: {exc.strerror or exc}") from None
-    except ValueError as exc:
-        raise SettingsError(f"{path} is not a cascade file (JSON): {exc}") from None
+    except (ValueError, RecursionError) as exc:
+        raise SettingsError(f"{path} is not a cascade file (JSON): {str(exc)[:200]}") from None
     models = data.get("models") if isinstance(data, dict) else None
     if not isinstance(models, list) or not models or not all(isinstance(m, str) and m for m in models):
         raise SettingsError(

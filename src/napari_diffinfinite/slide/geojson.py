@@ -286,8 +286,8 @@ def read_geojson_features(source: str | os.PathLike | dict | list) -> list[dict]
                 raise MaskError(f"cannot read {path}: {exc}") from exc
         try:
             data = json.loads(payload)
-        except json.JSONDecodeError as exc:
-            raise MaskError(f"{origin} is not valid JSON: {exc}") from exc
+        except (ValueError, RecursionError) as exc:  # bad JSON, a 5000-digit number, nesting 10^5 deep
+            raise MaskError(f"{origin} is not valid JSON: {str(exc)[:200]}") from None
     if isinstance(data, list):
         features = data
     elif isinstance(data, dict) and data.get("type") == "FeatureCollection":
@@ -545,6 +545,8 @@ def geojson_to_labels(
             geom = to_shape(geometry)
         except Exception as exc:
             raise MaskError(f"a feature has an unreadable geometry: {exc}") from exc
+        if not np.isfinite(shapely.get_coordinates(geom)).all():  # GEOS fails on these later, cryptically
+            raise MaskError("a feature has coordinates that are not finite numbers (NaN or infinity)")
         if not _polygons_of(geom) and not geom.is_empty:
             result.not_areas += 1
             continue

@@ -145,6 +145,23 @@ def check_read_fits(nbytes: int, what: str) -> None:
         )
 
 
+#: a chunk larger than this is not one this tool (or a viewer) can read tile by tile
+MAX_CHUNK_BYTES = 256 * 2**20
+
+
+def _check_array(path: Any, what: str, array: Any) -> None:
+    """One StoreError for a level this tool cannot read as an 8-bit image in bounded memory
+    (a float64 image, chunks of gigabytes, a negative shape in hand-edited metadata)."""
+    if array.dtype != np.uint8:
+        raise StoreError(f"{path}: {what} is {array.dtype}, not 8-bit (uint8) like a slide's RGB or labels")
+    chunk_bytes = int(np.prod([int(c) for c in array.chunks], dtype=np.int64))
+    if any(int(n) < 0 for n in array.shape) or chunk_bytes > MAX_CHUNK_BYTES:
+        raise StoreError(
+            f"{path}: {what} has shape {tuple(array.shape)} and chunks {tuple(array.chunks)}; a slide's chunks "
+            f"are at most {MAX_CHUNK_BYTES >> 20} MiB: rewrite it with smaller chunks"
+        )
+
+
 def _load_state_array(file: Path, spec: Any) -> np.ndarray:
     """One state array, after its header was checked against the pointer's spec and the file's
     size: a header claiming terabytes must not be allocated before anything is compared."""
@@ -204,9 +221,13 @@ class SlideStore:
             self._images = [root[d["path"]] for d in multiscale["datasets"]]
         except (KeyError, TypeError) as exc:
             raise StoreError(f"{path}: multiscales lists a missing level ({exc})") from exc
+        except Exception as exc:  # noqa: BLE001 - zarr's errors for metadata it cannot read (bad dtype, filters)
+            raise StoreError(f"{path}: a level's zarr metadata cannot be read ({str(exc)[:200]})") from None
         if any(not isinstance(a, zarr.Array) or a.ndim != 3 or a.shape[0] != 3 for a in self._images):
             shapes = [getattr(a, "shape", None) for a in self._images]
             raise StoreError(f"{path} is not an RGB slide: its levels have shapes {shapes}, not (3, h, w)")
+        for k, a in enumerate(self._images):
+            _check_array(path, f"level {k}", a)
         self.level_shapes = [tuple(int(v) for v in a.shape[1:]) for a in self._images]
         self.shape = self.level_shapes[0]
         self.num_levels = len(self._images)
@@ -216,6 +237,8 @@ class SlideStore:
         provenance = attrs.get(PROVENANCE_KEY)
         self._ours = isinstance(provenance, dict)
         if self._labels is not None:
+            for k, a in enumerate(self._labels):
+                _check_array(path, f"label level {k}", a)
             label_shapes = [tuple(int(v) for v in a.shape) for a in self._labels]
             if label_shapes != self.level_shapes:  # what readers index (and allocate) by the image's levels
                 if self._ours:
@@ -270,7 +293,10 @@ class SlideStore:
         multiscales = ngff.ngff_attrs(group.attrs.asdict()).get("multiscales")
         if not multiscales:
             return None
-        return [group[d["path"]] for d in multiscales[0]["datasets"]]
+        try:
+            return [group[d["path"]] for d in multiscales[0]["datasets"]]
+        except Exception as exc:  # noqa: BLE001 - a missing or unreadable label level
+            raise StoreError(f"the label image {LABEL_NAME!r} cannot be read ({str(exc)[:200]})") from None
 
     @classmethod
     def create(
