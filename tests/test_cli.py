@@ -470,3 +470,24 @@ def test_sigterm_during_an_export_leaves_nothing(tmp_path):
     _, err = process.communicate(timeout=120)
     assert process.returncode == 130, err.decode()[-2000:]
     assert list(out.iterdir()) == []
+
+
+def test_a_full_disk_during_generate_points_to_resume(tmp_path, tiny_image_model_dir, monkeypatch, capsys):
+    """It said "run the command again", which is refused for an existing store."""
+    import errno
+
+    def full(request, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(request.path))
+
+    monkeypatch.setattr(engine, "run_generate", full)
+    assert main(_label_args(tmp_path, tiny_image_model_dir)) == 1
+    assert "--resume" in _one_error_line(capsys.readouterr().err)
+
+
+def test_odd_paths_are_named_for_what_they_are(tmp_path, tiny_image_model_dir, capsys):
+    afile = tmp_path / "x.tif"
+    afile.write_text("a file")
+    assert main(["generate", "--out", str(afile / "sub.zarr"), "--size", "256x256", "--label", "1"]) == 1
+    assert "is a file, not a folder" in _one_error_line(capsys.readouterr().err)
+    assert main(["info", "/dev/null"]) == 1
+    assert "not a regular file or folder" in _one_error_line(capsys.readouterr().err)

@@ -80,10 +80,11 @@ def _error(message: str) -> None:
     print(f"diffinfinite: error: {' '.join(str(message).split())}", file=sys.stderr)
 
 
-def _os_error(exc: OSError) -> str:
+def _os_error(exc: OSError, disk_full_fix: str | None = None) -> str:
     what = _OS_ERRORS.get(exc.errno or 0, exc.strerror or str(exc))
     where = f" ({exc.filename})" if exc.filename else ""
-    fix = " free some space and run the command again" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else ""
+    full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    fix = f" {disk_full_fix or 'free some space and run the command again'}" if full else ""
     return f"{what}{where};{fix or ' check the path and its permissions'}"
 
 
@@ -132,7 +133,7 @@ def _main(argv: list[str] | None) -> int:
         raise
     except OSError as exc:
         if exc.errno in _OS_ERRORS:
-            _error(_os_error(exc))
+            _error(_os_error(exc, getattr(args, "disk_full_fix", None)))
             return EXIT_ERROR
         return _internal(exc, verbose)
     except Exception as exc:  # noqa: BLE001 - anything else is a bug: say so in one line

@@ -146,7 +146,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         default=1,
         help="processes (one per GPU) sharing this one slide, launched here; see docs/scale.md (default 1)",
     )
-    p.set_defaults(interrupted=INTERRUPTED)
+    p.set_defaults(
+        interrupted=INTERRUPTED,
+        disk_full_fix="free some space, then add --resume to the same command (the store keeps its last saved state)",
+    )
     return p
 
 

@@ -55,6 +55,8 @@ def describe_path(path: Path) -> dict:
         if not _looks_like_checkpoint(path):
             raise DiffInfiniteError(f"{path} is neither a checkpoint nor a slide store; {_ACCEPTS}")
         return {"type": "model", **engine.describe_model(load_model(path))}
+    if not path.is_dir():  # a device, a FIFO (/dev/null): neither a file to read nor a folder
+        raise DiffInfiniteError(f"{path} is not a regular file or folder; {_ACCEPTS}")
     if _is_diffusers_folder(path):
         from ..diffusers_backend.model import describe_pipeline
 
@@ -77,7 +79,8 @@ def describe_path(path: Path) -> dict:
         "levels": [f"{w}x{h}" for h, w in store.level_shapes],
         "pixel_size_um": store.pixel_size_um,
         "classes": {str(i): n for i, n in enumerate(store.class_names)},
-        "complete": prov.get("complete", False),
+        # another tool's OME-Zarr has no such record: what it holds is all there is
+        "complete": prov.get("complete", False) if prov else "unknown (not written by napari-diffinfinite)",
         "resumable_at_step": None if state is None or prov.get("complete") else state[1].get("step"),
         "provenance": prov,
     }

@@ -153,6 +153,8 @@ def validate(request: GenerateRequest) -> None:
     if request.resume and request.overwrite:
         raise SettingsError("--resume continues a store and --overwrite replaces it: choose one")
     out = request.path
+    if out.parent.exists() and not out.parent.is_dir():
+        raise StoreError(f"cannot create {out}: {out.parent} is a file, not a folder; choose another output path")
     if not out.parent.is_dir():
         raise StoreError(f"cannot create {out}: the folder {out.parent} does not exist; create it first")
     if out.exists() and not out.is_dir():
