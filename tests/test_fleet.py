@@ -182,3 +182,11 @@ def test_a_manifest_that_is_not_utf8_csv_is_one_message(tmp_path):
     deep.write_text("[" * 100_000 + "]" * 100_000)
     with pytest.raises(SettingsError, match="not valid JSON"):
         read_rows(deep)
+
+
+def test_two_rows_into_one_store_are_refused_before_anything_runs(tmp_path):
+    """A duplicate out ran one slide and failed the other at run time."""
+    manifest = tmp_path / "m.json"
+    manifest.write_text(json.dumps([{"out": "x.zarr", "label": 1}, {"out": "./x.zarr", "label": 2}]))
+    with pytest.raises(SettingsError, match="row 2: out .* is also row 1's"):
+        read_manifest(manifest)

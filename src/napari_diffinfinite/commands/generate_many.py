@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -123,6 +124,7 @@ def read_manifest(path: str | Path) -> list[GenerateRequest]:
     parser = _generate_parser()
     options = _options(parser)
     requests, errors = [], []
+    seen: dict[Path, int] = {}
     for number, row in enumerate(rows, start=1):
         try:
             args = parser.parse_args(_row_argv(row, options))
@@ -135,7 +137,11 @@ def read_manifest(path: str | Path) -> list[GenerateRequest]:
                 if value is not None and (path.resolve().parent / value).exists():
                     setattr(args, name, str(path.resolve().parent / value))
             args.resume = False
-            requests.append(generate.request_from_args(args))
+            request = generate.request_from_args(args)
+            first = seen.setdefault(Path(os.path.abspath(request.path)), number)
+            if first != number:  # two slides into one store: one would fail (or overwrite) at run time
+                raise SettingsError(f"out {request.path} is also row {first}'s; give every slide its own store")
+            requests.append(request)
         except SettingsError as exc:
             errors.append(f"row {number}: {exc}")
     if errors:
