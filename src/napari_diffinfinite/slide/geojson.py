@@ -569,7 +569,10 @@ def geojson_to_labels(
             geom = shapely.affinity.translate(geom, -origin[0], -origin[1])
         planned.append((label, class_names[label], geom))
     if unknown and on_unknown == "error":
-        found = ", ".join(f"{n!r} ({c} feature{'s' if c > 1 else ''})" for n, c in unknown.items())
+        shown = list(unknown.items())[:10]  # names are the file's: a few, each cut short
+        found = ", ".join(f"{n[:60]!r} ({c} feature{'s' if c > 1 else ''})" for n, c in shown)
+        if len(unknown) > len(shown):
+            found += f" and {len(unknown) - len(shown)} more"
         known = ", ".join(f"{i} = {n!r}" for i, n in enumerate(class_names))
         raise MaskError(
             f"the GeoJSON uses classes the model does not have: {found}. The model's "
