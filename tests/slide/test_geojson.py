@@ -227,3 +227,15 @@ def test_hostile_json_is_one_mask_error(tmp_path):
                "properties": {"classification": {"name": "tumour"}}}  # fmt: skip
     with pytest.raises(MaskError, match="not finite"):
         geojson_to_labels([feature], class_names=["unknown", "tumour"], slide_shape=(32, 32))
+
+
+def test_unknown_class_names_are_cut_short_in_the_message():
+    square = [[[0, 0], [10, 0], [10, 10], [0, 10], [0, 0]]]
+    features = [
+        {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": square},
+         "properties": {"classification": {"name": f"{i}" + "x" * 10_000}}}
+        for i in range(30)
+    ]  # fmt: skip
+    with pytest.raises(MaskError, match="and 20 more") as info:
+        geojson_to_labels(features, class_names=["unknown", "tumour"], slide_shape=(32, 32))
+    assert len(str(info.value)) < 2000
