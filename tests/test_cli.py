@@ -491,3 +491,12 @@ def test_odd_paths_are_named_for_what_they_are(tmp_path, tiny_image_model_dir, c
     assert "is a file, not a folder" in _one_error_line(capsys.readouterr().err)
     assert main(["info", "/dev/null"]) == 1
     assert "not a regular file or folder" in _one_error_line(capsys.readouterr().err)
+
+
+def test_an_option_that_would_do_nothing_is_refused(tmp_path, tiny_image_model_dir, capsys):
+    """--tissue-label with --label (no real slide) was silently ignored."""
+    assert main([*_label_args(tmp_path, tiny_image_model_dir), "--tissue-label", "2"]) == 1
+    assert "--tissue-label" in _one_error_line(capsys.readouterr().err)
+    assert main([*_label_args(tmp_path, tiny_image_model_dir), "--num-labels", "5"]) == 1
+    assert "--num-labels" in _one_error_line(capsys.readouterr().err)
+    assert not (tmp_path / "s.zarr").exists()

@@ -60,7 +60,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--mask-omega", type=float, default=0.0, help="guidance of the mask model (default 0, as upstream)"
     )
     src.add_argument("--mask-seed", type=int, help="seed of the layout (default: --seed)")
-    src.add_argument("--tissue-label", type=int, default=1, help="label for tissue when --mask is a real slide")
+    src.add_argument("--tissue-label", type=int, help="label for tissue when --mask is a real slide (default 1)")
     src.add_argument("--num-labels", type=int, help="label levels of an official mask model (5 or 10)")
     src.add_argument(
         "--skip-unknown",
@@ -190,9 +190,13 @@ def request_from_args(args: argparse.Namespace) -> engine.GenerateRequest:
     if diffusers is not None and args.guidance_scale is not None:
         args.omega = args.guidance_scale - 1.0
     size = args.size if args.size is not None else (None if args.resume else DEFAULT_SIZE)
+    if args.tissue_label is not None and args.mask is None:  # an option that does nothing is a mistake
+        raise SettingsError("--tissue-label says which label a real slide's tissue gets: it needs --mask SLIDE")
+    if args.num_labels is not None and args.mask_model is None:
+        raise SettingsError("--num-labels describes an official mask checkpoint: it needs --mask-model")
     layout = engine.LayoutSource(
         mask=args.mask, label=args.label, mask_model=args.mask_model, condition=args.mask_condition,
-        omega=args.mask_omega, seed=args.mask_seed, tissue_label=args.tissue_label, num_labels=args.num_labels,
+        omega=args.mask_omega, seed=args.mask_seed, tissue_label=1 if args.tissue_label is None else args.tissue_label, num_labels=args.num_labels,
         skip_unknown=args.skip_unknown, include_detections=args.include_detections,
     )  # fmt: skip
     settings = engine.GenerateSettings(
