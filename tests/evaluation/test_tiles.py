@@ -116,3 +116,23 @@ def test_slides_are_matched_to_one_pixel_size(tmp_path):
         match_pixel_size([fine], 0.25)
     tiles = sample_tiles(matched[:1], 4, size=64, include_glass=True)
     assert all(t.shape == (64, 64, 3) for t in tiles)  # tiles of 64 px at 1 um/px: 128 px of the slide each
+
+
+def test_a_decompression_bomb_in_a_tile_folder_is_one_message(tmp_path):
+    """A 100 byte PNG claiming 100000 x 100000 px raised PIL's DecompressionBombError as an
+    internal error."""
+    import struct
+    import zlib
+
+    from napari_diffinfinite.evaluation.distances import EvaluationError
+    from napari_diffinfinite.evaluation.tiles import sample_tiles
+
+    folder = tmp_path / "tiles"
+    folder.mkdir()
+    header = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 2, 0, 0, 0)
+    chunk = b"IHDR" + header
+    png = b"\x89PNG\r\n\x1a\n" + struct.pack(">I", len(header)) + chunk + struct.pack(">I", zlib.crc32(chunk))
+    png += struct.pack(">I", 0) + b"IDAT" + struct.pack(">I", zlib.crc32(b"IDAT"))  # no pixels at all
+    (folder / "bomb.png").write_bytes(png)
+    with pytest.raises(EvaluationError, match="bomb.png claims"):
+        sample_tiles([folder], 1, size=64)

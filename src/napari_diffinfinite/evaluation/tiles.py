@@ -251,10 +251,21 @@ class TileSample:
             source.close()
 
 
+def _open_tile_image(file: Path) -> Image.Image:
+    """A tile image opened lazily, or one EvaluationError for what PIL refuses or cannot read
+    (a decompression bomb: a small file claiming gigapixels; a truncated or foreign file)."""
+    try:
+        return Image.open(file)
+    except Image.DecompressionBombError as exc:
+        raise EvaluationError(f"tile {file} claims {str(exc)[:120]}; tiles are small images, not slides") from None
+    except (OSError, ValueError) as exc:
+        raise EvaluationError(f"tile {file} cannot be read as an image: {str(exc)[:200]}") from None
+
+
 def read_tile(source: SlideSource | FolderSource, ref: TileRef) -> np.ndarray:
     """The (size, size, 3) uint8 pixels of a tile reference."""
     if isinstance(source, FolderSource):
-        with Image.open(source.path / ref.file) as image:
+        with _open_tile_image(source.path / ref.file) as image:
             rgb = np.asarray(image.convert("RGB"))
         return np.ascontiguousarray(rgb[ref.y : ref.y + ref.size, ref.x : ref.x + ref.size])
     return source.read(ref.level, ref.y, ref.y + ref.size, ref.x, ref.x + ref.size)
@@ -299,7 +310,7 @@ def _folder_refs(source: FolderSource, index: int, count: int, size: int, rng: n
     refs = []
     for i in order:
         file = source.files[i]
-        with Image.open(file) as image:
+        with _open_tile_image(file) as image:
             w, h = image.size
         if h < size or w < size:
             raise EvaluationError(
