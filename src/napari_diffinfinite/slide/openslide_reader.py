@@ -151,7 +151,18 @@ class RealSlide:
         return OpenSlideLevel(self, k)
 
     def read_region(self, level: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
-        """Pixels [y0:y1, x0:x1] of ``level`` (level coordinates) as (h, w, 3) uint8."""
+        """Pixels [y0:y1, x0:x1] of ``level`` (level coordinates) as (h, w, 3) uint8.
+
+        A file OpenSlide opened but cannot decode (damaged tiles) raises :class:`StoreError`."""
+        try:
+            return self._read_region(level, y0, y1, x0, x1)
+        except _openslide().OpenSlideError as exc:
+            raise StoreError(
+                f"OpenSlide cannot read level {level} y {y0}:{y1}, x {x0}:{x1} of {self.path}: {str(exc)[:200]}; "
+                "the file is damaged or truncated"
+            ) from None
+
+    def _read_region(self, level: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         h, w = max(0, y1 - y0), max(0, x1 - x0)
         if h == 0 or w == 0:
             return np.zeros((h, w, 3), np.uint8)
