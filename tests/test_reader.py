@@ -213,3 +213,13 @@ def test_claims_other_tools_images_only_when_8_bit_rgb(tmp_path, zarr_format, ch
     group.attrs["multiscales"] = multiscales
     assert is_slide_store(path) is claimed
     assert (napari_get_reader(str(path)) is read_slide_store) is claimed
+
+
+@pytest.mark.parametrize("text", ["[1, 2]", "[" * 100_000 + "]" * 100_000, '{"attributes": 3}', "{nope"])
+def test_hostile_zarr_metadata_is_declined_not_raised(tmp_path, text):
+    """napari asks every dropped folder; a zarr.json holding a list raised AttributeError, one
+    nested 10^5 deep RecursionError."""
+    folder = tmp_path / "x.zarr"
+    folder.mkdir()
+    (folder / "zarr.json").write_text(text)
+    assert napari_get_reader(str(folder)) is None

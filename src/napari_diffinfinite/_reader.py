@@ -31,19 +31,28 @@ def _single_path(path: PathLike | list[PathLike]) -> Path | None:
     return Path(os.fspath(path)).expanduser()
 
 
-def root_attributes(path: Path) -> dict[str, Any] | None:
-    """Root attributes of a zarr folder (format 2 or 3), without importing zarr."""
-    for name in (".zattrs", "zarr.json"):
-        meta = path / name
+def _zarr_metadata(folder: Path, names: tuple[str, str]) -> tuple[str, dict[str, Any]] | None:
+    """(file name, its JSON object) of the first of ``names`` in ``folder`` (zarr format 2, then
+    3), or None: missing, unreadable, not an object, or hostile (nested too deep to decode)."""
+    for name in names:
+        meta = folder / name
         if meta.is_file():
             try:
                 data = json.loads(meta.read_text())
-            except (OSError, ValueError):
+            except (OSError, ValueError, RecursionError):
                 return None
-            if name == "zarr.json":
-                data = data.get("attributes", {}) or {}
-            return data if isinstance(data, dict) else None
+            return (name, data) if isinstance(data, dict) else None
     return None
+
+
+def root_attributes(path: Path) -> dict[str, Any] | None:
+    """Root attributes of a zarr folder (format 2 or 3), without importing zarr."""
+    found = _zarr_metadata(path, (".zattrs", "zarr.json"))
+    if found is None:
+        return None
+    name, data = found
+    attrs = data.get("attributes", {}) if name == "zarr.json" else data
+    return attrs if isinstance(attrs, dict) else None
 
 
 def is_slide_store(path: PathLike) -> bool:
@@ -77,17 +86,12 @@ def _is_rgb8(path: Path, multiscale: dict[str, Any]) -> bool:
         level = path / str(multiscale["datasets"][0]["path"])
     except (KeyError, IndexError, TypeError):
         return False
-    for name in (".zarray", "zarr.json"):
-        meta = level / name
-        if meta.is_file():
-            try:
-                array = json.loads(meta.read_text())
-            except (OSError, ValueError):
-                return False
-            dtype = array.get("dtype", array.get("data_type")) if isinstance(array, dict) else None
-            shape = array.get("shape") if isinstance(array, dict) else None
-            return isinstance(shape, list) and len(shape) == 3 and shape[0] == 3 and dtype in ("|u1", "uint8")
-    return False
+    found = _zarr_metadata(level, (".zarray", "zarr.json"))
+    if found is None:
+        return False
+    array = found[1]
+    dtype, shape = array.get("dtype", array.get("data_type")), array.get("shape")
+    return isinstance(shape, list) and len(shape) == 3 and shape[0] == 3 and dtype in ("|u1", "uint8")
 
 
 def napari_get_reader(path: PathLike | list[PathLike]) -> ReaderFunction | None:
