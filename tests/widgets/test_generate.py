@@ -166,14 +166,21 @@ def test_cancel_then_resume_finishes_the_same_slide(ready, qtbot, viewer, tmp_pa
     np.testing.assert_array_equal(np.asarray(image.data[1][:, :]), np.moveaxis(reference.image_level(1)[:], 0, -1))
 
 
-def test_closing_napari_cancels_the_running_job_and_waits_for_it(ready, qtbot, viewer, tmp_path, monkeypatch):
+@pytest.mark.parametrize("hook", ["napari task manager", "Qt close event"])
+def test_closing_napari_cancels_the_running_job_and_waits_for_it(ready, qtbot, viewer, tmp_path, monkeypatch, hook):
     """Closing the window mid-job stops the job before the window is gone (it used to run on
-    and report to deleted widgets: a segfault when napari exited) and leaves the store resumable."""
+    and report to deleted widgets: a segfault when napari exited) and leaves the store resumable.
+    Through napari's private task manager (0.9), or, where a napari lacks it, the window's Close event."""
     from napari_diffinfinite.slide.store import SlideStore
     from napari_diffinfinite.widgets import _generate
     from napari_diffinfinite.widgets._threading import ProgressRelay
 
     generate, _ = ready
+    viewer.window.add_dock_widget(generate)  # docked, as the plugin's panel is
+    if hook == "Qt close event":
+        from napari_diffinfinite.widgets import _threading
+
+        monkeypatch.setattr(_threading, "_task_manager", lambda viewer: None)
     generate.steps.setValue(3)
     ended = threading.Event()
     run = _generate.run_generation

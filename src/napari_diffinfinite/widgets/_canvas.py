@@ -428,7 +428,12 @@ class MaskCanvasWidget(QWidget):
         )  # fmt: skip
         if self._cancel is not None:
             stop_on_close(
-                self.viewer, self.worker, self._cancel, what.lower() or "working", on_close=self.progress.close
+                self.viewer,
+                self.worker,
+                self._cancel,
+                what.lower() or "working",
+                on_close=self.progress.close,
+                widget=self,
             )
         return self.worker
 

@@ -289,7 +289,12 @@ class ExportWidget(QWidget):
             on_result=self._on_done, on_error=self._on_error, on_finished=self._on_finished, owner=self,
         )  # fmt: skip
         stop_on_close(
-            self.viewer, self.worker, self.cancel_token, f"exporting {out.name}", on_close=self.progress.close
+            self.viewer,
+            self.worker,
+            self.cancel_token,
+            f"exporting {out.name}",
+            on_close=self.progress.close,
+            widget=self,
         )
         return self.worker
 

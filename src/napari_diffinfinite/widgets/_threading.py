@@ -21,13 +21,15 @@ from __future__ import annotations
 
 import logging
 import threading
+import warnings
 from collections.abc import Callable
 from typing import Any
 
 from napari.qt.threading import FunctionWorker, create_worker
 from napari.utils.notifications import show_error, show_info
 from qtpy.compat import isalive
-from qtpy.QtCore import QObject, Signal
+from qtpy.QtCore import QEvent, QObject, Signal
+from qtpy.QtWidgets import QWidget
 
 from ..progress import Cancelled, ProgressEvent
 from ._messages import gui_message
@@ -130,7 +132,12 @@ TASK_PROVIDER = "napari-diffinfinite"
 
 
 def stop_on_close(
-    viewer: Any, worker: FunctionWorker, token: Any, description: str, on_close: Callable[[], None] | None = None
+    viewer: Any,
+    worker: FunctionWorker,
+    token: Any,
+    description: str,
+    on_close: Callable[[], None] | None = None,
+    widget: QWidget | None = None,
 ) -> None:
     """Cancel ``worker``'s job (through ``token``) when napari's window closes, and wait for it.
 
@@ -140,16 +147,13 @@ def stop_on_close(
     its state, so the store stays resumable), then calls ``on_close`` (the widget stops
     showing the job: results and progress still queued must not add layers to a closed
     viewer). Without this the worker ran on after the window was gone and reported to
-    deleted widgets. napari offers no public hook for this
-    (0.9), so a viewer without the private ``_register_task_status`` is left as it was.
-    """
-    window = getattr(viewer, "window", None)
-    register = getattr(window, "_register_task_status", None)
-    update = getattr(window, "_update_task_status", None)
-    if register is None or update is None:
-        return
-    from napari.utils.task_status import Status
+    deleted widgets, which crashed napari on exit.
 
+    napari 0.9 offers plugins no public hook for this: the task manager is private (and warns
+    when a plugin reaches it). Where it is missing (a later napari), the same cancel-and-wait
+    runs when ``widget``'s top-level window receives its Close event (plain Qt), without
+    napari's question first.
+    """
     stopped: threading.Event = worker.stopped
 
     def cancel_and_wait() -> bool:
@@ -161,13 +165,66 @@ def stop_on_close(
             on_close()
         return ended
 
-    task = register(TASK_PROVIDER, Status.BUSY, description, cancel_and_wait)
+    manager = _task_manager(viewer)
+    if manager is None:
+        if widget is not None:
+            _on_window_close(widget, worker, cancel_and_wait)
+        return
+    register, update = manager
+    from napari.utils.task_status import Status
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        task = register(TASK_PROVIDER, Status.BUSY, description, cancel_and_wait)
 
     def finished() -> None:
         try:
-            update(task, Status.COMPLETED)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)
+                update(task, Status.COMPLETED)
         except Exception:  # noqa: BLE001 - the window may be gone; nothing to update then
             logger.debug("task status not updated", exc_info=True)
+
+    worker.finished.connect(finished)
+
+
+def _task_manager(viewer: Any) -> tuple[Callable[..., Any], Callable[..., Any]] | None:
+    """napari's (private) register and update functions of its window's task manager, or None."""
+    window = getattr(viewer, "window", None)
+    with warnings.catch_warnings():  # the access is deliberate: see stop_on_close
+        warnings.simplefilter("ignore", FutureWarning)
+        register = getattr(window, "_register_task_status", None)
+        update = getattr(window, "_update_task_status", None)
+    return None if register is None or update is None else (register, update)
+
+
+class _CloseWatcher(QObject):
+    """Calls ``on_close`` when the watched window receives its Close event (see stop_on_close)."""
+
+    def __init__(self, on_close: Callable[[], Any], parent: QObject) -> None:
+        super().__init__(parent)  # deleted with the window at the latest
+        self.on_close: Callable[[], Any] | None = on_close
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:  # noqa: N802 - Qt's name
+        if event.type() == QEvent.Type.Close and self.on_close is not None:
+            on_close, self.on_close = self.on_close, None  # once; and hold nothing of the job after
+            watched.removeEventFilter(self)
+            on_close()
+        return False  # the window handles its Close event as usual
+
+
+def _on_window_close(widget: QWidget, worker: FunctionWorker, cancel_and_wait: Callable[[], bool]) -> None:
+    top = widget.window()
+    watcher = _CloseWatcher(cancel_and_wait, top)
+    top.installEventFilter(watcher)
+
+    def finished() -> None:  # holds no reference to the window (it would keep the viewer alive)
+        if isalive(watcher):
+            watcher.on_close = None
+            window = watcher.parent()
+            if window is not None:
+                window.removeEventFilter(watcher)
+            watcher.deleteLater()
 
     worker.finished.connect(finished)
 
