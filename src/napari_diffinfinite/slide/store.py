@@ -425,9 +425,8 @@ class SlideStore:
         if mode == "r":
             return cls(path, root, mode)
         cls(path, root, "r")  # refuse a foreign store before touching it
-        if path.is_symlink() or links_inside(path):
-            # writes would go through a link to wherever it points (a store from elsewhere can hold one)
-            found = ["the store folder itself"] if path.is_symlink() else links_inside(path)[:5]
+        found = ["the store folder itself"] if path.is_symlink() else links_inside(path)[:5]
+        if found:  # writes would go through a link to wherever it points (a store from elsewhere can hold one)
             raise StoreError(
                 f"{path} holds symbolic links ({', '.join(found)}); a store is written only when it holds none, "
                 "so that nothing outside it is written: copy it without links (cp -rL) and resume the copy"

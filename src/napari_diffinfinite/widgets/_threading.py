@@ -173,15 +173,11 @@ def stop_on_close(
     register, update = manager
     from napari.utils.task_status import Status
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        task = register(TASK_PROVIDER, Status.BUSY, description, cancel_and_wait)
+    task = register(TASK_PROVIDER, Status.BUSY, description, cancel_and_wait)
 
     def finished() -> None:
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", FutureWarning)
-                update(task, Status.COMPLETED)
+            update(task, Status.COMPLETED)
         except Exception:  # noqa: BLE001 - the window may be gone; nothing to update then
             logger.debug("task status not updated", exc_info=True)
 
@@ -189,13 +185,27 @@ def stop_on_close(
 
 
 def _task_manager(viewer: Any) -> tuple[Callable[..., Any], Callable[..., Any]] | None:
-    """napari's (private) register and update functions of its window's task manager, or None."""
+    """napari's (private) register and update functions of its window's task manager, or None.
+
+    napari warns (FutureWarning) when a plugin reaches them; the access is deliberate (see
+    stop_on_close), so the lookup and both functions' calls are made without the warning."""
     window = getattr(viewer, "window", None)
-    with warnings.catch_warnings():  # the access is deliberate: see stop_on_close
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         register = getattr(window, "_register_task_status", None)
         update = getattr(window, "_update_task_status", None)
-    return None if register is None or update is None else (register, update)
+    if register is None or update is None:
+        return None
+
+    def quietly(function: Callable[..., Any]) -> Callable[..., Any]:
+        def call(*args: Any) -> Any:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)
+                return function(*args)
+
+        return call
+
+    return quietly(register), quietly(update)
 
 
 class _CloseWatcher(QObject):
