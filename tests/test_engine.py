@@ -115,6 +115,36 @@ def test_slide_smaller_than_a_patch_is_refused(tmp_path, tiny_image_model, ident
     assert not (tmp_path / "small.zarr").exists()
 
 
+def test_a_mask_model_whose_patch_cannot_fit_is_refused_before_sampling(tiny_mask_model, mask_codec, monkeypatch):
+    """A config.json with patch_size 8192 (within the caps) made a 256 px layout take 6.5 GB and
+    fail with an internal error; now one message, and the batch shrinks where memory is short."""
+    import dataclasses
+
+    from napari_diffinfinite.engine import geometry, layout
+    from napari_diffinfinite.model.pretrained import DiffusionModel
+    from napari_diffinfinite.sampling import mask_sampler
+
+    huge = dataclasses.replace(tiny_mask_model.config, patch_size=8192)
+    model = DiffusionModel(config=huge, unet=tiny_mask_model.unet, sha256="", source="huge")
+
+    def no_sampling(*args, **kwargs):
+        raise AssertionError("sampled")
+
+    monkeypatch.setattr(mask_sampler, "sample_layout", no_sampling)
+    with pytest.raises(SettingsError, match="8192 px patches need about .* per network evaluation"):
+        engine.sample_layout(model, mask_codec, (256, 256), steps=1)
+    # memory for 3 evaluations of the tiny model: a batch of 3, not 16
+    monkeypatch.setattr(
+        geometry,
+        "free_memory",
+        lambda device: 3.5 * geometry.patch_eval_bytes(tiny_mask_model.config) / geometry.MEMORY_FRACTION,
+    )
+    seen = {}
+    monkeypatch.setattr(mask_sampler, "sample_layout", lambda *a, **k: seen.update(k))
+    engine.sample_layout(tiny_mask_model, mask_codec, (256, 256), steps=1)
+    assert seen["batch_size"] == 3 and layout.MASK_BATCH == 16
+
+
 def test_sample_layout_through_engine(tiny_mask_model, mask_codec):
     canvas = engine.sample_layout(tiny_mask_model, mask_codec, (256, 128), steps=2)
     assert canvas.shape == (64, 32)

@@ -248,3 +248,24 @@ def test_a_cascade_and_a_diffusers_pipeline_are_refused_together(tmp_path):
     with pytest.raises(SettingsError, match="--cascade or --pipeline, not both"):
         validate(request)
     assert not (tmp_path / "s.zarr").exists()
+
+
+def test_a_long_cascade_is_refused_before_its_models_load(tmp_path: Path, monkeypatch) -> None:
+    """A 1 kB cascade file naming one model 200 times used to load all 200 (3.3 GB) first."""
+    import json
+
+    from napari_diffinfinite.engine import cascade as cascade_module
+
+    file = tmp_path / "cascade.json"
+    file.write_text(json.dumps({"models": ["m"] * 200}))
+    with pytest.raises(SettingsError, match="2 to 4 models.*got 200"):
+        cascade_module.read_cascade_file(file)
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(cascade_module, "load_models", no_loading)
+    with pytest.raises(SettingsError, match="got 200"):
+        run_generate(GenerateRequest(out=tmp_path / "x.zarr", size=(80, 80), cascade=["m"] * 200,
+                                     layout=LayoutSource(label=1), settings=SETTINGS))  # fmt: skip
+    assert not (tmp_path / "x.zarr").exists()

@@ -76,6 +76,14 @@ def test_weights_holding_python_objects_are_refused(tmp_path):
         load_feature_extractor("inception", inception_weights=bad, device="cpu")
 
 
+def test_deflated_weights_are_refused_before_they_inflate(tmp_path):
+    from tests.training.test_trainer import deflated_torch_zip
+
+    bomb = deflated_torch_zip(tmp_path / "bomb.pth")
+    with pytest.raises(DiffInfiniteError, match="more than the file"):
+        load_feature_extractor("inception", inception_weights=bomb, device="cpu")
+
+
 def test_torchscript_needs_explicit_trust(tmp_path):
     scripted = torch.jit.script(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1)))
     path = tmp_path / "f.pt"

@@ -182,3 +182,24 @@ def test_bad_state_files_are_refused(tmp_path: Path) -> None:
     torch.save({"format": "something else"}, tmp_path / STATE_NAME)
     with pytest.raises(TrainingError, match="not a napari-diffinfinite training state"):
         load_training_state(tmp_path / STATE_NAME)
+
+
+def deflated_torch_zip(path: Path, numel: int = 1 << 22) -> Path:
+    """A torch.save zip whose storage record is deflated: a few kB on disk, ``4 * numel`` bytes loaded."""
+    import zipfile
+
+    plain = path.with_suffix(".plain")
+    torch.save({"format": "x", "w": torch.zeros(numel)}, plain)
+    with zipfile.ZipFile(plain) as zin, zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zout:
+        for info in zin.infolist():
+            zout.writestr(info.filename, zin.read(info.filename))
+    plain.unlink()
+    return path
+
+
+def test_a_deflated_state_file_is_refused_before_it_inflates(tmp_path: Path) -> None:
+    """A zip bomb: 16 MB of storage in a file of a few kB (1000 x more in a 20 MB file)."""
+    bomb = deflated_torch_zip(tmp_path / STATE_NAME)
+    assert bomb.stat().st_size < 100_000
+    with pytest.raises(TrainingError, match="declares 16,777,216 bytes, more than the file"):
+        load_training_state(bomb)

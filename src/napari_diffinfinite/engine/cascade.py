@@ -92,6 +92,12 @@ def level_seed(seed: int, level: int) -> int:
     return int((int(state[0]) << 31) ^ int(state[1])) & (2**63 - 1)
 
 
+def check_cascade_length(count: int) -> None:
+    """Refuse a cascade of fewer than 2 or more than ``MAX_CASCADE_LEVELS`` models (before any is loaded)."""
+    if not 2 <= count <= MAX_CASCADE_LEVELS:
+        raise SettingsError(f"a cascade has 2 to {MAX_CASCADE_LEVELS} models (lowest magnification first), got {count}")
+
+
 def cascade_levels(models: Sequence[LoadedModels], size: tuple[int, int], seed: int) -> list[CascadeLevel]:
     """Check that ``models`` (lowest magnification first) form a cascade; their levels for ``size``.
 
@@ -99,9 +105,7 @@ def cascade_levels(models: Sequence[LoadedModels], size: tuple[int, int], seed: 
     is not, classes that differ, and a latent-conditioned stage whose codec is not the one
     below (its condition is that level's latent).
     """
-    if not 2 <= len(models) <= MAX_CASCADE_LEVELS:
-        raise SettingsError(f"a cascade has 2 to {MAX_CASCADE_LEVELS} models (lowest magnification first), "
-                            f"got {len(models)}")  # fmt: skip
+    check_cascade_length(len(models))
     names = [m.image.config.class_names for m in models]
     first = models[0].image
     if first.config.cascade is not None:
@@ -162,11 +166,13 @@ def read_cascade_file(path: str | Path) -> list[str]:
         raise SettingsError(
             f'{path} must hold {{"models": ["LOW_MODEL", ..., "HIGH_MODEL"]}} (paths, lowest magnification first)'
         )
+    check_cascade_length(len(models))
     return [m if m == "default" else str((path.parent / m).expanduser()) for m in models]
 
 
 def _load(request: GenerateRequest, settings, sample_layout: bool) -> list[LoadedModels]:
     """Load every model of the cascade once (a codec shared by levels is loaded once)."""
+    check_cascade_length(len(request.cascade))  # a long list must not load its models first
     loaded: list[LoadedModels] = []
     codecs: dict[tuple, Codec] = {}
     last = len(request.cascade) - 1

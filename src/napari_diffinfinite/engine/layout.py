@@ -19,8 +19,10 @@ from ..model.pretrained import DiffusionModel
 from ..progress import CancelToken, ProgressCallback
 from ..sampling import mask_sampler
 from ..slide.masks import CanvasMask, ConstantMask, MaskSource, mask_from_file
-from .geometry import format_size
+from .geometry import format_size, patch_batch_that_fits
 from .models import ModelSpec, resolve_device, resolve_dtype
+
+MASK_BATCH = 16  # patch evaluations per network call when sampling a layout (fewer where memory is short)
 
 
 @dataclass
@@ -169,7 +171,7 @@ def sample_layout(
     progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
 ) -> np.ndarray:
-    """Sample a tissue layout (uint8 label canvas at 1/``mask_downsample`` of ``size``)."""
+    """Sample a tissue layout (uint8 label canvas at ``layout_upsample / mask_downsample`` of ``size``)."""
     config = mask_model.config
     if not 0 <= condition < config.unet.num_classes:
         names = config.condition_names or [str(i) for i in range(config.unet.num_classes)]
@@ -180,9 +182,10 @@ def sample_layout(
     if steps is not None and not 1 <= steps <= config.timesteps:
         raise SettingsError(f"mask steps must be between 1 and {config.timesteps}, got {steps}")
     dev = resolve_device(device)
+    batch = patch_batch_that_fits(config, dev, MASK_BATCH)  # before a model with huge patches pads the layout
     mask_model.to(dev)
     return mask_sampler.sample_layout(
-        mask_model, codec, size, condition=condition, omega=omega, seed=seed, steps=steps,
+        mask_model, codec, size, condition=condition, omega=omega, seed=seed, steps=steps, batch_size=batch,
         device=dev, dtype=resolve_dtype(dtype), progress=progress, cancel=cancel,
     )  # fmt: skip
 

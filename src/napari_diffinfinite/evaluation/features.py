@@ -84,6 +84,13 @@ class FeatureExtractor(nn.Module):
 
 def _tensors_only(path: Path) -> dict:
     """Load a state dict that holds only tensors and plain containers; refuse anything else."""
+    from ..errors import CheckpointError
+    from ..model.torch_file import check_torch_zip
+
+    try:
+        check_torch_zip(path)  # not a zip bomb, not a legacy format
+    except CheckpointError as exc:
+        raise EvaluationError(f"{exc}. Use the original weights file or a safetensors file") from None
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # the safe unpickler raises many kinds

@@ -523,6 +523,26 @@ def read_torch_file(path: str | Path) -> Any:
         ) from None
 
 
+def check_torch_zip(path: str | Path) -> None:
+    """Refuse what ``torch.load(weights_only=True)`` should not be given: any format but the zip
+    of ``torch.save``, and a zip whose records declare more bytes than the file holds (a small
+    deflated record inflates to gigabytes: a zip bomb). For state files that :func:`read_torch_file`
+    is too strict for (channels-last optimiser state, ...), before they are loaded weights-only.
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as file:
+            _refuse_other_formats(path, file.read(512))
+            file.seek(0)
+            _Records(path, file, os.fstat(file.fileno()).st_size)
+    except CheckpointError:
+        raise
+    except OSError as exc:
+        raise CheckpointError(f"{path} cannot be read: {exc.strerror or exc}") from None
+    except MALFORMED_ERRORS as exc:
+        raise CheckpointError(f"{path} is not a readable PyTorch file ({type(exc).__name__}: {_short(exc)})") from None
+
+
 def _load_weights_only(path: Path) -> Any:
     """``torch.load(weights_only=True)`` with the inert :data:`STAND_INS` allowed (memory-mapped, on the CPU)."""
     if not hasattr(torch.serialization, "safe_globals"):  # torch < 2.5: the inert loader does it all

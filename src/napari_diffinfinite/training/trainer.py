@@ -43,9 +43,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import TrainingError
+from ..errors import CheckpointError, TrainingError
 from ..model.config import ModelConfig
 from ..model.pretrained import DiffusionModel, save_pretrained
+from ..model.torch_file import check_torch_zip
 from ..progress import CancelToken, ProgressCallback, ProgressEvent, report
 from .datasets import TileDataset, batch_keys
 from .distributed import DistributedContext, init_distributed, wrap_model
@@ -220,6 +221,10 @@ def load_training_state(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise TrainingError(f"no training state at {path}; start a new run without --resume")
+    try:
+        check_torch_zip(path)  # not a zip bomb, not a legacy format
+    except CheckpointError as exc:
+        raise TrainingError(f"not a readable training state: {exc}; start a new run without --resume") from None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
