@@ -69,3 +69,63 @@ def test_a_one_hot_mask_model_samples_its_layout(tiny_mask_model, mask_codec, la
         grey_config = ModelConfig.from_dict({**config.to_dict(), "mask_encoding": "grey"})
         grey = DiffusionModel(config=grey_config, unet=_OracleV(x0, "pred_v"), sha256="", source="oracle")
         assert (sample_layout(grey, mask_codec, (128, 128), seed=0, steps=1) == 1).all()
+
+
+def test_upsampled_labels_in_strips_match_one_interpolation(monkeypatch):
+    """Strips of rows join exactly: the labels equal one bilinear upsampling of the whole image."""
+    from napari_diffinfinite.model.mask_encoding import image_to_labels
+    from napari_diffinfinite.sampling import mask_sampler
+
+    rng = np.random.default_rng(0)
+    image = rng.random((3, 23, 17)).astype(np.float32)
+    whole = torch.nn.functional.interpolate(torch.from_numpy(image)[None], scale_factor=4, mode="bilinear")[0]
+    expected = image_to_labels(whole.numpy(), 4, "one-hot")
+    monkeypatch.setattr(mask_sampler, "UPSAMPLE_STRIP_ROWS", 5)
+    assert np.array_equal(mask_sampler.upsampled_labels(image, 4, 4, "one-hot"), expected)
+    assert np.array_equal(mask_sampler.upsampled_labels(image, 1, 4, "one-hot"), image_to_labels(image, 4, "one-hot"))
+
+
+def test_an_upsampling_mask_model_gives_a_finer_canvas(tiny_mask_model, mask_codec):
+    """With layout_upsample 2 the canvas is at 2/mask_downsample of the slide."""
+    from napari_diffinfinite.model.mask_encoding import labels_to_image
+
+    base = {**tiny_mask_model.config.to_dict(), "objective": "pred_v", "mask_encoding": "one-hot"}
+    config = ModelConfig.from_dict({**base, "layout_upsample": 2})
+    assert config.to_dict()["layout_upsample"] == 2 and "layout_upsample" not in ModelConfig.from_dict(base).to_dict()
+    x0 = mask_codec.encode(labels_to_image(torch.full((1, 2, 2), 2), 3, "one-hot"))[:, :, :1, :1]
+    model = DiffusionModel(config=config, unet=_OracleV(x0, "pred_v"), sha256="", source="oracle")
+    canvas = sample_layout(model, mask_codec, (130, 128), seed=0, steps=1)
+    assert canvas.shape == layout_shape((130, 128), 2) == (65, 64)
+    assert (canvas == 2).all()
+
+
+def test_upsampling_draws_a_border_between_coarse_pixels_smoothly():
+    """A diagonal border drawn in coarse pixels (a staircase) becomes a finer staircase, and the
+    clean-up's band (a fixed width in canvas pixels) covers about 4 x less of the slide."""
+    from napari_diffinfinite.model.mask_encoding import labels_to_image
+    from napari_diffinfinite.sampling.mask_sampler import upsampled_labels
+
+    coarse = torch.where(torch.arange(32)[:, None] > torch.arange(32)[None, :], 1, 2)[None]
+    image = labels_to_image(coarse, 3, "one-hot")[0].numpy()
+    nearest = np.kron(upsampled_labels(image, 1, 3, "one-hot"), np.ones((4, 4), np.uint8))
+    fine = upsampled_labels(image, 4, 3, "one-hot")
+    assert fine.shape == (128, 128) and set(np.unique(fine)) == {1, 2}
+    steps = lambda labels: int(np.abs(np.diff((labels == 1).argmin(axis=1))).max())  # noqa: E731
+    assert steps(nearest) == 4 and steps(fine) < 4
+    assert (clean_mask(fine) == 0).mean() < 0.35 * (clean_mask(upsampled_labels(image, 1, 3, "one-hot")) == 0).mean()
+
+
+@pytest.mark.parametrize(
+    ("changes", "problem"),
+    [
+        ({"layout_upsample": 3}, "must divide mask_downsample"),
+        ({"layout_upsample": 2, "mask_encoding": "grey"}, "needs mask_encoding 'one-hot'"),
+        ({"layout_upsample": 0}, "layout_upsample"),
+    ],
+)
+def test_layout_upsample_is_checked(tiny_mask_model, changes, problem):
+    from napari_diffinfinite.errors import CheckpointError
+
+    base = {**tiny_mask_model.config.to_dict(), "mask_encoding": "one-hot"}
+    with pytest.raises(CheckpointError, match=problem):
+        ModelConfig.from_dict({**base, **changes})

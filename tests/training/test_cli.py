@@ -116,3 +116,26 @@ def test_lattice_weight_is_saved_and_refused_without_a_pixel_unshuffle(tiles: Pa
     err = capsys.readouterr().err
     assert "lattice penalty" in err and "--lattice-weight" in err
     assert not (tmp_path / "plain").exists()
+
+
+def test_layout_upsample_is_saved_and_refused_where_it_cannot_apply(tiles: Path, tmp_path: Path, capsys) -> None:
+    args = ["train", "mask", "--tiles", str(tiles), "--steps", "1", "--dim", "8", "--patch-size", "16",
+            "--pixel-unshuffle", "2", "--mask-downsample", "2", "--batch-size", "2", "--num-samples", "0",
+            "--device", "cpu", "-q", "--classes", "background,pink,purple"]  # fmt: skip
+    out = tmp_path / "up"
+    assert main([*args, "--mask-encoding", "one-hot", "--layout-upsample", "2", "--out", str(out)]) == 0
+    assert load_model(out / "model").config.layout_upsample == 2
+    capsys.readouterr()
+    assert main([*args, "--layout-upsample", "2", "--out", str(tmp_path / "grey")]) == 1  # grey levels
+    assert "needs mask_encoding 'one-hot'" in capsys.readouterr().err and not (tmp_path / "grey").exists()
+    assert main([*args, "--mask-encoding", "one-hot", "--layout-upsample", "3", "--out", str(tmp_path / "3")]) == 1
+    assert "must divide mask_downsample 2" in capsys.readouterr().err and not (tmp_path / "3").exists()
+    image = ["train", "image", "--tiles", str(tiles), "--steps", "1", "--layout-upsample", "2", *TINY]
+    assert main([*image, "--out", str(tmp_path / "image")]) == 1
+    assert "--layout-upsample is for mask models" in capsys.readouterr().err
+    # from an existing mask model: the reading changes, the weights do not
+    again = tmp_path / "again"
+    assert main(["train", "mask", "--tiles", str(tiles), "--init", str(out / "model"), "--steps", "1",
+                 "--layout-upsample", "1", "--batch-size", "2", "--num-samples", "0", "--device", "cpu", "-q",
+                 "--out", str(again)]) == 0  # fmt: skip
+    assert load_model(again / "model").config.layout_upsample == 1

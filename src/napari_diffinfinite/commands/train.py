@@ -6,6 +6,7 @@ See ``docs/training.md`` for the data layouts, the options and what a run writes
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -119,6 +120,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         choices=["grey", "one-hot"],
         help="mask models: labels as DiffInfinite's grey levels (default) or one RGB channel per class "
         "(at most 3 classes; uncertainty between two classes never reads as a third)",
+    )
+    m.add_argument(
+        "--layout-upsample",
+        type=int,
+        help="mask models (one-hot): upsample sampled layouts this many times before they are read and cleaned; "
+        "must divide --mask-downsample (a model that sees a wide field coarsely, with smooth borders)",
     )
     m.add_argument("--sampling-steps", type=int, help="default DDIM steps recorded in the model")
     m.add_argument("--vae", help="folder of the Stable Diffusion 2 VAE (latent models only)")
@@ -241,6 +248,8 @@ def _model(args: argparse.Namespace, saved_config: dict[str, Any] | None):
         raise TrainingError("--cascade-from trains image models only (cascade stages are image models)")
     if args.mask_encoding and args.kind != "mask":
         raise TrainingError("--mask-encoding is for mask models: diffinfinite train mask ...")
+    if args.layout_upsample and args.kind != "mask":
+        raise TrainingError("--layout-upsample is for mask models: diffinfinite train mask ...")
     cascade = None
     if args.cascade_from:
         cascade = {"parent_scale": args.cascade_from, "condition": args.cascade_condition or "image"}
@@ -262,6 +271,8 @@ def _model(args: argparse.Namespace, saved_config: dict[str, Any] | None):
             raise TrainingError(
                 f"--classes differ from the classes of --init {args.init}: {', '.join(model.config.class_names)}"
             )
+        if args.layout_upsample:  # how layouts are read after sampling: the weights do not depend on it
+            model.config = dataclasses.replace(model.config, layout_upsample=args.layout_upsample)
         return model
     unet = {"dim": args.dim, "dim_mults": _ints(args.dim_mults) if args.dim_mults else None}
     config = make_model_config(
@@ -269,7 +280,7 @@ def _model(args: argparse.Namespace, saved_config: dict[str, Any] | None):
         condition_names=args.conditions.split(",") if args.conditions else None,
         patch_size=args.patch_size, pixel_unshuffle=args.pixel_unshuffle, sampling_steps=args.sampling_steps,
         mask_downsample=args.mask_downsample if args.kind == "mask" else None, mask_encoding=args.mask_encoding,
-        cascade=cascade, objective=objective,
+        layout_upsample=args.layout_upsample if args.kind == "mask" else None, cascade=cascade, objective=objective,
     )  # fmt: skip
     model = new_model(config, seed=args.seed or 0, source="new")
     if args.identity_init:

@@ -143,6 +143,7 @@ def _model_problems(c: ModelConfig) -> list[str]:
     if _is_int(c.timesteps):
         problems += _int_problem("sampling_steps", c.sampling_steps, 1, c.timesteps)
     problems += _int_problem("mask_downsample", c.mask_downsample, 1, 64)
+    problems += _int_problem("layout_upsample", c.layout_upsample, 1, 64)
     problems += _int_problem("format_version", c.format_version, 1, FORMAT_VERSION)
     if not _is_real(c.eta) or not 0 <= c.eta <= 1:
         problems.append(f"eta must be a number between 0 and 1, got {c.eta!r:.40}")
@@ -176,6 +177,7 @@ def _model_problems(c: ModelConfig) -> list[str]:
         problems.append("mask_encoding is for mask models; leave it out of an image model's config")
     elif (problem := encoding_problem(c.mask_encoding, labels)) is not None:
         problems.append(problem)
+    problems += _layout_upsample_problems(c)
     problems += _names_problems("class_names", c.class_names, labels)
     if not isinstance(c.class_colors, list):
         problems.append(f"class_colors must be a list of [R, G, B] colours, got {_json_type(c.class_colors)}")
@@ -191,6 +193,26 @@ def _model_problems(c: ModelConfig) -> list[str]:
     step = c.scale_factor * c.unet.downsampling
     if c.patch_size % step:
         problems.append(f"patch_size {c.patch_size} must be a multiple of {step}")
+    return problems
+
+
+def _layout_upsample_problems(c: ModelConfig) -> list[str]:
+    """``layout_upsample`` is a mask model's, divides ``mask_downsample`` and needs one-hot layouts."""
+    if c.layout_upsample == 1:
+        return []
+    if c.kind != "mask":
+        return ["layout_upsample is for mask models; leave it out of an image model's config"]
+    problems = []
+    if c.mask_downsample % c.layout_upsample:
+        problems.append(
+            f"layout_upsample {c.layout_upsample} must divide mask_downsample {c.mask_downsample} "
+            "(the label canvas is at layout_upsample / mask_downsample of the slide)"
+        )
+    if c.mask_encoding != "one-hot":
+        problems.append(
+            "layout_upsample needs mask_encoding 'one-hot': upsampling grey levels would draw the "
+            "classes between two neighbours along their border"
+        )
     return problems
 
 
@@ -289,6 +311,11 @@ class ModelConfig:
     ``patch_size // scale_factor`` latent pixels).
     ``mask_encoding``: how a mask model writes labels as an image, DiffInfinite's ``"grey"``
     or ``"one-hot"`` (one RGB channel per class; see :mod:`.mask_encoding`).
+    ``layout_upsample``: a mask model samples its layout at 1/``mask_downsample`` of the slide;
+    with f > 1 the decoded layout is upsampled f times (bilinear, per class channel: one-hot only)
+    before it is read and cleaned, so the label canvas is at f/``mask_downsample`` of the slide.
+    A model that sees a large field at a coarse scale then gives smooth borders, and the
+    clean-up's band along every border (a fixed number of canvas pixels) is f times narrower.
     ``objective``: what the network predicts, the noise (``pred_noise``, DiffInfinite's) or
     the velocity ``v = sqrt(a) eps - sqrt(1 - a) x0`` (``pred_v``, stabler for cascade stages).
     ``cascade``: ``None`` for a model that samples a slide alone, or
@@ -316,6 +343,7 @@ class ModelConfig:
     condition_names: list[str] | None = None
     mask_downsample: int = 4
     mask_encoding: str = "grey"
+    layout_upsample: int = 1
     pixel_unshuffle: int = 1
     description: str = ""
     format_version: int = FORMAT_VERSION
@@ -362,6 +390,8 @@ class ModelConfig:
         data["class_colors"] = [list(c) for c in self.class_colors]
         if self.mask_encoding == "grey":  # DiffInfinite's encoding: config.json as it always was
             del data["mask_encoding"]
+        if self.layout_upsample == 1:
+            del data["layout_upsample"]
         if self.cascade is None:  # single-scale models keep the config.json they always had
             del data["cascade"]
             if not self.unet.condition_channels:

@@ -1,7 +1,8 @@
 """Tissue layouts from DiffInfinite's mask model.
 
 As in the official code, the layout is sampled at a fraction (``mask_downsample``, 1/4)
-of the slide size with the same random-patch scheme as images, decoded to an image, read
+of the slide size with the same random-patch scheme as images, decoded to an image
+(upsampled ``layout_upsample`` times where the model's config asks for it), read
 as labels (:mod:`~napari_diffinfinite.model.mask_encoding`: the official grey levels, or
 one channel per class) and cleaned: class boundaries are set to "unknown" (0)
 and a 6 x 6 minimum filter removes slivers. The result is a label canvas that a
@@ -38,6 +39,31 @@ def layout_shape(size: tuple[int, int], mask_downsample: int) -> tuple[int, int]
     return -(-size[0] // mask_downsample), -(-size[1] // mask_downsample)
 
 
+#: Rows of the coarse layout upsampled at a time: bounds the float copy of a large slide's layout.
+UPSAMPLE_STRIP_ROWS = 64
+
+
+def upsampled_labels(image: np.ndarray, factor: int, num_labels: int, encoding: str) -> np.ndarray:
+    """Labels of the (3, h, w) decoded layout ``image`` upsampled ``factor`` times (bilinear).
+
+    The channels are interpolated as ``torch.nn.functional.interpolate`` does over the whole
+    image (``align_corners=False``), one strip of rows at a time: each strip carries one row
+    of context on either side, so strips join without a seam and the float copy stays small.
+    """
+    if factor == 1:
+        return image_to_labels(image, num_labels, encoding)
+    _, h, w = image.shape
+    labels = np.empty((h * factor, w * factor), np.uint8)
+    for a in range(0, h, UPSAMPLE_STRIP_ROWS):
+        b = min(h, a + UPSAMPLE_STRIP_ROWS)
+        lo, hi = max(0, a - 1), min(h, b + 1)
+        strip = torch.from_numpy(np.ascontiguousarray(image[:, lo:hi]))[None]
+        up = torch.nn.functional.interpolate(strip, scale_factor=factor, mode="bilinear", align_corners=False)[0]
+        rows = up[:, (a - lo) * factor : (b - lo) * factor].numpy()
+        labels[a * factor : b * factor] = image_to_labels(rows, num_labels, encoding)
+    return labels
+
+
 @torch.no_grad()
 def sample_layout(
     model: DiffusionModel,
@@ -55,13 +81,18 @@ def sample_layout(
     progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
 ) -> np.ndarray:
-    """Sample a label canvas (uint8, ``layout_shape(size)``) for a slide of ``size`` (H, W)."""
+    """Sample a label canvas for a slide of ``size`` (H, W).
+
+    uint8, of shape ``layout_shape(size, mask_downsample // layout_upsample)``: the model
+    samples at 1/``mask_downsample``; a ``layout_upsample`` f > 1 upsamples its decoded
+    layout f times before the labels are read and cleaned.
+    """
     config = model.config
     if config.kind != "mask":
         raise ValueError("sample_layout needs a mask model")
     if not 0 <= condition < config.unet.num_classes:
         raise ValueError(f"condition {condition} is not one of the mask model's {config.unet.num_classes} classes")
-    canvas = layout_shape(size, config.mask_downsample)
+    canvas = layout_shape(size, config.mask_downsample)  # where the model samples
     scale, patch = codec.scale_factor, config.latent_patch
     latent_shape = (max(-(-canvas[0] // scale), patch), max(-(-canvas[1] // scale), patch))
     sampler = RandomPatchSampler(
@@ -100,8 +131,10 @@ def sample_layout(
         cancel=cancel,
     )
     num_labels = config.num_labels or len(config.class_names)
-    levels = image_to_labels(grey[:, : canvas[0], : canvas[1]], num_labels, config.mask_encoding)
-    return clean_mask(levels)
+    factor = config.layout_upsample
+    levels = upsampled_labels(grey[:, : canvas[0], : canvas[1]], factor, num_labels, config.mask_encoding)
+    out = layout_shape(size, config.mask_downsample // factor)
+    return clean_mask(levels[: out[0], : out[1]])
 
 
 def _stage(progress: ProgressCallback | None, stage: str) -> ProgressCallback | None:
