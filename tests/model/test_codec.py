@@ -55,6 +55,45 @@ def test_vae_missing_folder_is_explained(tmp_path, monkeypatch):
         make_codec("sd2-vae", None)
 
 
+class _WritesSentinel:
+    """A pickle whose loading would create a file (what a malicious checkpoint does)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_vae_folders_are_checked_like_pipeline_components(tiny_vae_dir, tmp_path):
+    import pickle
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    sentinel = tmp_path / "pwned"
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    shutil.copy(tiny_vae_dir / "config.json", pickled)
+    (pickled / "diffusion_pytorch_model.bin").write_bytes(pickle.dumps(_WritesSentinel(str(sentinel))))
+    with pytest.raises(CheckpointError, match=r"pickled weights \(diffusion_pytorch_model.bin\).*refused"):
+        load_vae(pickled)
+    with pytest.raises(CheckpointError, match="pickle"):
+        load_vae(pickled / "diffusion_pytorch_model.bin")
+    assert not sentinel.exists()
+    damaged = tmp_path / "damaged"
+    shutil.copytree(tiny_vae_dir, damaged)
+    weights = damaged / "diffusion_pytorch_model.safetensors"
+    state = load_file(str(weights))
+    state["decoder.conv_out.bias"][0] = float("nan")
+    save_file(state, str(weights))
+    with pytest.raises(CheckpointError, match="decoder.conv_out.bias holds NaN or infinite values"):
+        load_vae(damaged)
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match="not a valid safetensors file"):
+        load_vae(damaged)
+
+
 def test_whole_input_group_norm_statistics_make_a_window_decode_as_in_the_whole():
     from torch import nn
 

@@ -26,7 +26,7 @@ from ..model.pretrained import sha256_file
 from . import require
 from .conditioning import LayoutConditioning
 from .denoiser import DiffusersDenoiser, DiffusersNetwork
-from .folder import check_controlnet, check_lora, check_pipeline, folder_sha256, read_classes
+from .folder import check_controlnet, check_finite, check_lora, check_pipeline, folder_sha256, read_classes
 from .schedule import SCHEDULERS, DiffusersSchedule, make_scheduler
 from .text import PromptTable, encode_prompts, resolve_class_prompts
 
@@ -237,6 +237,13 @@ def load_diffusers(
         )
     except (OSError, ValueError, TypeError, KeyError, RuntimeError) as exc:
         raise CheckpointError(f"cannot load the pipeline {path}: {exc}") from None
+    for what, module in (("unet", unet), ("vae", vae), ("text_encoder", text_encoder)):
+        check_finite(module.state_dict().items(), f"{path / what}")
+    if controlnet is not None:
+        check_finite(controlnet.state_dict().items(), f"the ControlNet {controlnet_path}")
+    # Every prompt is padded to model_max_length tokens; more than the text encoder has positions
+    # cannot be encoded (and transformers' "unset" is 10**30), so it is clamped to those positions.
+    tokenizer.model_max_length = min(tokenizer.model_max_length, text_encoder.config.max_position_embeddings)
     scheduler_config = dict(folder.scheduler_config)
     pipe = StableDiffusionPipeline(
         vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
@@ -248,10 +255,17 @@ def load_diffusers(
     if lora_path is not None:
         from safetensors.torch import load_file
 
+        weights = load_file(str(lora_path))
+        check_finite(weights.items(), f"the LoRA {lora_path}")
         try:
-            pipe.load_lora_weights(load_file(str(lora_path)))
+            pipe.load_lora_weights(weights)
         except (ValueError, KeyError, RuntimeError) as exc:
             raise CheckpointError(f"the LoRA {lora_path} does not fit this pipeline: {exc}") from None
+        if not any(pipe.get_list_adapters().values()):  # diffusers only logs a warning
+            raise CheckpointError(
+                f"none of the weights of the LoRA {lora_path} belong to this pipeline's UNet or text encoder "
+                "(diffusers' names start with unet. or text_encoder.); give a LoRA trained for this pipeline"
+            )
         record["lora"] = _file_record(lora_path)
     if controlnet_path is not None:
         record["controlnet"] = {"path": str(controlnet_path), "sha256": folder_sha256(controlnet_path, ())}
@@ -302,7 +316,7 @@ def describe_pipeline(spec: str | Path) -> dict[str, Any]:
     folder = check_pipeline(path)
     unet, vae, text = folder.config("unet"), folder.config("vae"), folder.config("text_encoder")
     scheduler = folder.scheduler_config
-    blocks = vae.get("block_out_channels") or [0, 0, 0, 0]
+    blocks = vae.get("block_out_channels", [64])  # checked; diffusers' default
     scale = 2 ** (len(blocks) - 1)
     sample = unet.get("sample_size", 64)
     sample = sample if isinstance(sample, int) else sample[0]

@@ -21,18 +21,93 @@ latents (tested). Prediction types (epsilon, v_prediction, sample) are the sched
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
 from ..errors import SettingsError
+from ..model.config import _int_problem, _is_real, _json_type
 
 SCHEDULERS = ("ddim", "dpm++")
+
+# What a pipeline's scheduler_config.json may say, for the fields DDIMScheduler and
+# DPMSolverMultistepScheduler take from it (``from_config``). diffusers checks few of them, and
+# late: a bad value fails mid-slide or gives NaN latents; a huge ``num_train_timesteps`` sizes
+# the schedule's tables and ``solver_order`` the per-pixel history kept on the canvas.
+MAX_TRAIN_TIMESTEPS = 10_000  # Stable Diffusion: 1000
+MAX_STEPS_OFFSET = 10  # Stable Diffusion: 1
+SCHEDULER_CHOICES: dict[str, tuple[Any, ...]] = {
+    "prediction_type": ("epsilon", "v_prediction", "sample"),
+    "beta_schedule": ("linear", "scaled_linear", "squaredcos_cap_v2"),
+    "timestep_spacing": ("leading", "trailing", "linspace"),
+    "algorithm_type": ("dpmsolver++", "sde-dpmsolver++", "dpmsolver", "sde-dpmsolver", "deis"),
+    "solver_type": ("midpoint", "heun", "logrho", "bh1", "bh2"),  # diffusers maps the last three to midpoint
+    "final_sigmas_type": ("zero", "sigma_min"),
+    "variance_type": (None, "learned", "learned_range"),
+}
+SCHEDULER_FLAGS = (
+    "clip_sample", "set_alpha_to_one", "thresholding", "rescale_betas_zero_snr", "lower_order_final",
+    "euler_at_final", "use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas", "use_lu_lambdas",
+    "use_flow_sigmas", "use_dynamic_shifting",
+)  # fmt: skip
+SCHEDULER_POSITIVE = ("clip_sample_range", "sample_max_value", "dynamic_thresholding_ratio")
+
+
+def scheduler_config_problems(config: dict[str, Any]) -> list[str]:
+    """What is wrong with a pipeline's scheduler config (empty when nothing), field by field.
+
+    Absent fields take diffusers' defaults. Checked before any scheduler is built, so a bad
+    file is refused with the field to fix instead of failing mid-slide or sampling NaN."""
+    problems = []
+    for name, choices in SCHEDULER_CHOICES.items():
+        if name in config and config[name] not in choices:
+            listed = ", ".join(str(c) if c is None else repr(c) for c in choices)
+            problems.append(f"{name} must be one of {listed}, not {config[name]!r:.40}")
+    for name in SCHEDULER_FLAGS:
+        if name in config and not isinstance(config[name], bool):
+            problems.append(f"{name} must be true or false, not {_json_type(config[name])} {config[name]!r:.40}")
+    for name in SCHEDULER_POSITIVE:
+        if name in config and not (_is_real(config[name]) and config[name] > 0):
+            problems.append(f"{name} must be a positive number, got {config[name]!r:.40}")
+    timesteps = config.get("num_train_timesteps", 1000)
+    problems += _int_problem("num_train_timesteps", timesteps, 1, MAX_TRAIN_TIMESTEPS)
+    problems += _int_problem("steps_offset", config.get("steps_offset", 0), 0, MAX_STEPS_OFFSET)
+    problems += _int_problem("solver_order", config.get("solver_order", 2), 1, 3)
+    betas = [config.get("beta_start", 0.0001), config.get("beta_end", 0.02)]
+    if not all(_is_real(b) and 0 < b < 1 for b in betas) or betas[0] >= betas[1]:
+        problems.append(
+            f"beta_start and beta_end must be numbers with 0 < beta_start < beta_end < 1, got {betas!r:.60}"
+        )
+    trained = config.get("trained_betas")
+    if trained is not None and not (
+        isinstance(trained, list) and len(trained) == timesteps and all(_is_real(b) and 0 < b < 1 for b in trained)
+    ):
+        problems.append("trained_betas must be null or a list of num_train_timesteps numbers between 0 and 1")
+    clipped = config.get("lambda_min_clipped", -math.inf)
+    if not (_is_real(clipped) or clipped == -math.inf):
+        problems.append(f"lambda_min_clipped must be a number, got {clipped!r:.40}")
+    if config.get("thresholding") is True:
+        problems.append("thresholding must be false: dynamic thresholding works per whole image, not per latent pixel")
+    if config.get("use_flow_sigmas") is True or config.get("use_dynamic_shifting") is True:
+        problems.append("use_flow_sigmas and use_dynamic_shifting are for flow-matching models; they must be false")
+    sigmas = [config.get(n) is True for n in ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas")]
+    if sum(sigmas) > 1:
+        problems.append("at most one of use_karras_sigmas, use_exponential_sigmas and use_beta_sigmas may be true")
+    if (
+        config.get("_class_name") == "DPMSolverMultistepScheduler"
+        and config.get("algorithm_type") in ("dpmsolver", "sde-dpmsolver")
+        and config.get("final_sigmas_type", "zero") == "zero"
+    ):
+        problems.append(f"final_sigmas_type 'zero' needs algorithm_type dpmsolver++, not {config['algorithm_type']!r}")
+    return problems
 
 
 def make_scheduler(name: str, config: dict):
     """The scheduler ``name`` ("ddim" or "dpm++") built from a pipeline's scheduler config
-    (the usual diffusers way to swap schedulers: ``from_config``)."""
+    (the usual diffusers way to swap schedulers: ``from_config``), checked first by
+    :func:`scheduler_config_problems` (when the pipeline folder is checked)."""
     from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 
     if name == "ddim":
@@ -45,11 +120,6 @@ def make_scheduler(name: str, config: dict):
             raise SettingsError(f"DPM-Solver algorithm {scheduler.config.algorithm_type!r} is not supported")
     else:
         raise SettingsError(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}")
-    if getattr(scheduler.config, "thresholding", False):
-        raise SettingsError(
-            "the scheduler config asks for dynamic thresholding, which works per whole image, not per latent "
-            "pixel; set thresholding to false in the pipeline's scheduler/scheduler_config.json"
-        )
     return scheduler
 
 

@@ -134,9 +134,16 @@ def free_memory(device: torch.device) -> int:
 ACTIVATION_VALUES_PER_DIM = 64
 
 
-def patch_eval_bytes(config: ModelConfig) -> int:
-    """About the memory one network evaluation on one patch of a model of ``config`` takes."""
-    return config.latent_patch**2 * 4 * config.unet.dim * ACTIVATION_VALUES_PER_DIM
+def patch_eval_bytes(config: ModelConfig) -> int | None:
+    """About the memory one network evaluation on one patch of a model of ``config`` takes.
+
+    None for a config without a DiffInfinite network (a diffusers pipeline, whose folder check
+    caps its sample size instead: ``diffusers_backend/folder.py``).
+    """
+    width = getattr(getattr(config, "unet", None), "dim", None)
+    if width is None:
+        return None
+    return config.latent_patch**2 * 4 * width * ACTIVATION_VALUES_PER_DIM
 
 
 def patch_batch_that_fits(config: ModelConfig, device: torch.device, wanted: int) -> int:
@@ -146,6 +153,8 @@ def patch_batch_that_fits(config: ModelConfig, device: torch.device, wanted: int
     patch of 8192 px, and a network run over it would take tens of GB.
     """
     per_eval = patch_eval_bytes(config)
+    if per_eval is None:
+        return int(wanted)
     available = MEMORY_FRACTION * free_memory(device)
     if per_eval > available:
         raise SettingsError(

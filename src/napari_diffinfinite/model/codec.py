@@ -259,33 +259,32 @@ def _global_attention(attentions: list[nn.Module], tokens: dict[nn.Module, torch
 
 def load_vae(spec: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
     """Load ``AutoencoderKL`` from a VAE folder, a Stable Diffusion folder (``vae/`` inside)
-    or a hub id present in the local Hugging Face cache. Never touches the network."""
+    or a hub id present in the local Hugging Face cache. Never touches the network.
+
+    The folder is checked as a diffusers pipeline's components are
+    (:func:`~napari_diffinfinite.diffusers_backend.folder.check_weights`): safetensors only, their
+    headers checked first, pickled weights refused unopened (unpickling can run code); the loaded
+    weights must be finite."""
     try:
         from diffusers import AutoencoderKL
     except ImportError as exc:  # pragma: no cover - diffusers is a dependency
         raise CheckpointError("the SD-2 VAE needs diffusers: pip install diffusers") from exc
-    path = Path(spec).expanduser()
-    attempts: list[tuple[str, dict]] = []
-    if path.is_dir():
-        if (path / "vae" / "config.json").is_file():
-            attempts.append((str(path), {"subfolder": "vae"}))
-        attempts.append((str(path), {}))
-    elif path.exists():
-        raise CheckpointError(f"VAE path {path} is a file; give the folder holding config.json and the weights")
-    else:
-        attempts.append((str(spec), {"subfolder": "vae", "local_files_only": True}))
-    errors = []
-    for name, kwargs in attempts:
-        try:
-            vae = AutoencoderKL.from_pretrained(name, **kwargs)
-            return vae.to(device=device, dtype=dtype).eval()
-        except (OSError, ValueError) as exc:
-            errors.append(f"{name} {kwargs}: {exc}")
+    from ..diffusers_backend.folder import check_finite, check_weights, resolve
+
     hint = (
         f"pass the folder of the Stable Diffusion 2 VAE (with config.json and diffusion_pytorch_model.safetensors), "
         f"e.g. a local copy of {SD2_REPO}/vae; nothing is downloaded"
     )
-    raise CheckpointError(f"cannot load a VAE from {spec!s}: {errors[-1] if errors else 'not found'}; {hint}")
+    folder = resolve(spec, "VAE")  # a folder, or the snapshot of a cached hub id; a pickle file is refused
+    if (folder / "vae" / "config.json").is_file():
+        folder = folder / "vae"
+    variant = check_weights(folder, "the VAE")
+    try:
+        vae = AutoencoderKL.from_pretrained(folder, local_files_only=True, use_safetensors=True, variant=variant)
+    except (OSError, ValueError, TypeError, KeyError, RuntimeError) as exc:
+        raise CheckpointError(f"cannot load a VAE from {spec!s}: {exc}; {hint}") from None
+    check_finite(vae.state_dict().items(), f"the VAE {folder}")
+    return vae.to(device=device, dtype=dtype).eval()
 
 
 def make_codec(
