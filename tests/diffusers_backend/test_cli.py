@@ -38,3 +38,23 @@ def test_diffusers_options_are_checked(tmp_path, extra, message, capsys):
     assert main(argv) == 1
     assert message in capsys.readouterr().err
     assert not (tmp_path / "s.zarr").exists()
+
+
+def test_steps_beyond_an_offset_schedule_are_refused_before_writing(tmp_path, tiny_pipeline, capsys):
+    """Stable Diffusion's scheduler has steps_offset 1 ("leading" spacing): as many steps as training
+    timesteps indexed one past the schedule and failed mid-slide (IndexError, a store left behind)."""
+    import shutil
+
+    pipeline = tmp_path / "pipe"
+    shutil.copytree(tiny_pipeline, pipeline)
+    config_file = pipeline / "scheduler" / "scheduler_config.json"
+    config = json.loads(config_file.read_text())
+    config.update(num_train_timesteps=20, steps_offset=1, timestep_spacing="leading")
+    config_file.write_text(json.dumps(config))
+    out = tmp_path / "slide.zarr"
+    args = ["generate", "--out", str(out), "--size", "256x256", "--pipeline", str(pipeline), "--label", "1",
+            "--device", "cpu", "-q"]  # fmt: skip
+    assert main([*args, "--steps", "20"]) == 1
+    assert "steps must be between 1 and the model's 19 timesteps, got 20" in capsys.readouterr().err
+    assert not out.exists()
+    assert main([*args, "--steps", "19"]) == 0

@@ -81,10 +81,17 @@ class DiffusersConfig:
     pixel_unshuffle: int = 1
     latent_scale: float = 1.0
     default_omega: float = DEFAULT_GUIDANCE - 1.0
+    steps_offset: int = 0  # the scheduler's: "leading" timesteps are shifted by it
 
     @property
     def latent_patch(self) -> int:
         return self.patch_size // self.scale_factor
+
+    @property
+    def max_steps(self) -> int:
+        """The most sampling steps the scheduler can take: with an offset, its last timestep
+        must stay inside the training schedule (1000 steps and offset 1 would index step 1000)."""
+        return self.timesteps - self.steps_offset
 
 
 class DiffusersModel:
@@ -279,7 +286,7 @@ def load_diffusers(
     config = DiffusersConfig(
         class_names=classes.class_names, class_colors=classes.class_colors, patch_size=sample_size * scale,
         scale_factor=scale, timesteps=int(scheduler_config.get("num_train_timesteps", 1000)),
-        pixel_size_um=classes.pixel_size_um, latent_scale=1.0 / vae.config.scaling_factor,
+        steps_offset=int(scheduler_config.get("steps_offset", 0)), pixel_size_um=classes.pixel_size_um, latent_scale=1.0 / vae.config.scaling_factor,
     )  # fmt: skip
     class_prompts = resolve_class_prompts(options.class_prompts, config.class_names)
 

@@ -198,8 +198,9 @@ def validate_for_model(
     if config.kind != "image":
         raise SettingsError(f"{models.image.source} is a {config.kind} model; generation needs an image model")
     steps = request.settings.steps
-    if steps is not None and steps > config.timesteps:
-        raise SettingsError(f"steps must be between 1 and the model's {config.timesteps} timesteps, got {steps}")
+    most = getattr(config, "max_steps", config.timesteps)  # a diffusers scheduler's offset takes some
+    if steps is not None and steps > most:
+        raise SettingsError(f"steps must be between 1 and the model's {most} timesteps, got {steps}")
     check_layout_choice(request.layout, list(config.class_names), _image_is_demo(request), resuming=existing_store)
     return check_slide_size(
         size, config, channels=models.codec.latent_channels, device=resolve_device(request.settings.device),
