@@ -522,9 +522,19 @@ def test_info_refuses_what_generate_refuses(tmp_path, capsys, case):
         (["--class-colors", "red;green;blue"], "--class-colors: 'red' is not a colour"),
         (["--class-names", "unknown,tumour,tumour"], "duplicate"),
         (["--class-names", "unknown,tumour"], "class_names must have 3 entries"),
-        (["--pixel-size", "-1"], "pixel_size_um must be a positive number"),
+        (["--pixel-size", "-1"], "pixel_size_um must be a number from 0.01 to 1000"),
+        (["--pixel-size", "1e-300"], "pixel_size_um must be a number from 0.01 to 1000"),  # export failed on it
     ],
-    ids=["num-labels-0", "num-labels-image", "colour-range", "colour-syntax", "dup-names", "names-count", "pixel-size"],
+    ids=[
+        "num-labels-0",
+        "num-labels-image",
+        "colour-range",
+        "colour-syntax",
+        "dup-names",
+        "names-count",
+        "pixel-size",
+        "pixel-size-tiny",
+    ],
 )
 def test_convert_refuses_what_generate_would(tmp_path, capsys, official_image_checkpoint, options, message):
     code, err = cli(["convert", official_image_checkpoint, tmp_path / "out", *options], capsys)

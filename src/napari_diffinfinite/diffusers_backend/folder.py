@@ -32,6 +32,7 @@ from ..model.config import (
     MAX_CONFIG_BYTES,
     MAX_LEVELS,
     MAX_PATCH_SIZE,
+    PIXEL_SIZE_RANGE_UM,
     _int_problem,
     _is_int,
     _is_real,
@@ -51,7 +52,6 @@ DEFAULT_CLASSES = 10
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 MAX_TEXT_TOKENS = 1024  # text encoder positions (CLIP: 77); every prompt is padded to this many tokens
 MAX_BLOCK_CHANNELS = 8192  # a VAE block's width (Stable Diffusion's: 128 to 512)
-PIXEL_SIZE_RANGE_UM = (0.01, 1000.0)  # diffinfinite.json's pixel_size_um: from 100x objectives to coarse overviews
 
 
 def _pickle_refusal(what: str, files: list[Path]) -> CheckpointError:

@@ -53,6 +53,7 @@ MAX_BLOCKS_PER_LAYER = 8
 MAX_HEADS = 64
 MAX_DIM_HEAD = 512
 MAX_PATCH_SIZE = 8192
+PIXEL_SIZE_RANGE_UM = (0.01, 1000.0)  # a model's pixel size: from 100x objectives to coarse overviews
 MAX_TIMESTEPS = 100_000
 MAX_NAME_LENGTH = 200
 OBJECTIVES = ("pred_noise", "pred_v")
@@ -149,8 +150,11 @@ def _model_problems(c: ModelConfig) -> list[str]:
         problems.append(f"eta must be a number between 0 and 1, got {c.eta!r:.40}")
     if c.default_omega is not None and (not _is_real(c.default_omega) or not 0 <= c.default_omega <= 50):
         problems.append(f"default_omega must be a number between 0 and 50 or null, got {c.default_omega!r:.40}")
-    if c.pixel_size_um is not None and (not _is_real(c.pixel_size_um) or c.pixel_size_um <= 0):
-        problems.append(f"pixel_size_um must be a positive number or null, got {c.pixel_size_um!r:.40}")
+    low, high = PIXEL_SIZE_RANGE_UM
+    if c.pixel_size_um is not None and (not _is_real(c.pixel_size_um) or not low <= c.pixel_size_um <= high):
+        problems.append(
+            f"pixel_size_um must be a number from {low:g} to {high:g} (um) or null, got {c.pixel_size_um!r:.40}"
+        )
     if c.num_labels is not None:
         problems += _int_problem("num_labels", c.num_labels, 2, MAX_CLASSES)
     if not isinstance(c.description, str):
