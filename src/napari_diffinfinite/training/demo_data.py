@@ -42,7 +42,7 @@ from .datasets import grid_origin
 
 BACKGROUND, DERMIS, EPIDERMIS = 1, 2, 3
 DEMO_DOWNSAMPLE = 4  # 0.499 um/px -> 1.996 um/px: a 128 px patch spans 256 um, glass/tissue edges included
-LAYOUT_SMOOTHING_UM = 24.0  # the mask model learns layouts smoothed at this scale (see smooth_layout)
+LAYOUT_SMOOTHING_UM = 48.0  # the mask model learns layouts smoothed at this scale (see smooth_layout)
 
 
 @dataclass
