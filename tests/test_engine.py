@@ -169,6 +169,19 @@ def test_a_mask_models_architecture_names_its_conditions_not_classes(tiny_mask_m
     assert "conditions=" in info["architecture"] and "num_classes" not in info["architecture"]
 
 
+def test_a_mask_models_summary_says_where_its_layout_is_sampled(tiny_mask_model):
+    import dataclasses
+
+    from napari_diffinfinite.model.pretrained import DiffusionModel
+
+    assert engine.describe_model(tiny_mask_model)["layout"] == "sampled at 1/4 of the slide"
+    config = dataclasses.replace(
+        tiny_mask_model.config, mask_downsample=8, layout_upsample=4, mask_encoding="one-hot", pixel_size_um=2.0
+    )
+    up = DiffusionModel(config=config, unet=tiny_mask_model.unet, sha256="", source="up")
+    assert engine.describe_model(up)["layout"] == "sampled at 1/8 of the slide, upsampled 4x: a canvas at 1/2 (4 um/px)"
+
+
 # -- the request API ---------------------------------------------------------------------
 
 

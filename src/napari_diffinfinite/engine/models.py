@@ -213,7 +213,7 @@ def describe_model(model: DiffusionModel) -> dict[str, Any]:
         "sampling_steps": c.sampling_steps,
         **({"default_omega": c.default_omega} if c.default_omega is not None else {}),
         **({"objective": c.objective} if c.objective != "pred_noise" else {}),
-        **({"mask_encoding": c.mask_encoding} if c.kind == "mask" else {}),
+        **({"mask_encoding": c.mask_encoding, "layout": _layout_scale(c)} if c.kind == "mask" else {}),
         **(
             {
                 "cascade": f"stage at {c.cascade['parent_scale']}x the magnification below, conditioned on its "
@@ -223,3 +223,16 @@ def describe_model(model: DiffusionModel) -> dict[str, Any]:
             else {}
         ),  # fmt: skip
     }
+
+
+def _layout_scale(c) -> str:
+    """Where a mask model samples its layout and where the layout canvas ends up, for ``info``."""
+    text = f"sampled at 1/{c.mask_downsample} of the slide"
+    if c.layout_upsample > 1:
+        canvas = c.mask_downsample // c.layout_upsample
+        text += (
+            f", upsampled {c.layout_upsample}x: a canvas at 1/{canvas}" if canvas > 1 else ", upsampled to the slide"
+        )
+    if c.pixel_size_um:
+        text += f" ({c.pixel_size_um * c.mask_downsample / c.layout_upsample:g} um/px)"
+    return text

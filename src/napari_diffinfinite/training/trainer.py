@@ -65,7 +65,7 @@ AMP_CHOICES = ("auto", "off", "bf16", "fp16")
 LR_SCHEDULES = ("constant", "cosine")
 # Model-config fields that only say how to sample or describe the model: changing them
 # (e.g. a demo's default DDIM steps) does not change what is trained, so --resume allows it.
-_CONFIG_NOT_TRAINED = frozenset({"sampling_steps", "eta", "default_omega", "description", "extra"})
+_CONFIG_NOT_TRAINED = frozenset({"sampling_steps", "eta", "default_omega", "description", "extra", "layout_upsample"})
 
 # Settings that must not change on --resume: they define which batches each step sees.
 _RESUME_FIXED = ("seed", "batch_size", "cond_drop_prob", "mask_mode")
