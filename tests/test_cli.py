@@ -500,3 +500,19 @@ def test_an_option_that_would_do_nothing_is_refused(tmp_path, tiny_image_model_d
     assert main([*_label_args(tmp_path, tiny_image_model_dir), "--num-labels", "5"]) == 1
     assert "--num-labels" in _one_error_line(capsys.readouterr().err)
     assert not (tmp_path / "s.zarr").exists()
+
+
+def test_mask_options_by_name_steps_and_where_they_do_nothing(tmp_path, capsys):
+    """--mask-condition takes the condition's name too, --mask-steps the layout's steps; a mask
+    option next to --label did nothing and is refused."""
+    out = tmp_path / "named.zarr"
+    args = ["generate", "--out", str(out), "--size", "256x256", "--steps", "1", "--device", "cpu", "-q"]
+    assert main([*args, "--mask-condition", "TISSUE", "--mask-steps", "2", "--mask-seed", "4"]) == 0
+    mask = SlideStore.open(out, mode="r").provenance["mask"]
+    assert (mask["condition"], mask["condition_name"], mask["steps"], mask["seed"]) == (1, "tissue", 2, 4)
+    capsys.readouterr()
+    assert main([*args[:2], str(tmp_path / "x.zarr"), *args[3:], "--mask-condition", "stroma"]) == 1
+    assert "no condition named 'stroma'; its conditions: 0=any, 1=tissue" in capsys.readouterr().err
+    assert main([*args[:2], str(tmp_path / "y.zarr"), *args[3:], "--label", "1", "--mask-seed", "3"]) == 1
+    assert "--mask-seed apply to a layout sampled by a mask model, not to --label" in capsys.readouterr().err
+    assert not (tmp_path / "x.zarr").exists() and not (tmp_path / "y.zarr").exists()

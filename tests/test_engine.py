@@ -280,6 +280,74 @@ def test_resume_with_another_mask_is_refused(tmp_path, tiny_image_model_dir):
     assert engine.run_generate(same).provenance["complete"] and out.exists()
 
 
+def _sampled(tmp_path, image_dir, mask_dir, **layout):
+    return engine.GenerateRequest(
+        out=tmp_path / "sampled.zarr", size=(256, 256), image_model=image_dir,
+        layout=engine.LayoutSource(mask_model=mask_dir, **layout),
+        settings=engine.GenerateSettings(steps=2, seed=3, device="cpu"),
+    )  # fmt: skip
+
+
+def test_a_sampled_layout_resumes_with_its_mask_model_and_refuses_other_options(
+    tmp_path, tiny_image_model_dir, tiny_mask_model_dir
+):
+    """The interrupt message says "run the same command with --resume": with --mask-model that
+    failed ("no mask model was loaded"), and other --mask-seed/--mask-condition were ignored."""
+    token = CancelToken()
+
+    def progress(event):
+        if event.stage == "sample":
+            token.cancel()
+
+    request = _sampled(tmp_path, tiny_image_model_dir, tiny_mask_model_dir, seed=5, condition="Tissue")
+    with pytest.raises(Cancelled):
+        engine.run_generate(request, progress=progress, cancel=token)
+    saved = engine.resume_slide(tmp_path / "sampled.zarr")
+    saved.store.close()
+    mask = saved.provenance["mask"]
+    assert (mask["condition"], mask["condition_name"], mask["seed"], mask["steps"]) == (1, "tissue", 5, 4)
+    for options, message in [
+        ({"seed": 6}, r"--mask-seed 6 \(the store's: 5\)"),
+        ({"condition": 0}, r"--mask-condition 0 \(the store's: 1\)"),
+        ({"condition": "any"}, r"--mask-condition any \(the store's: tissue\)"),
+        ({"steps": 3}, r"--mask-steps 3 \(the store's: 4\)"),
+    ]:
+        again = _sampled(tmp_path, tiny_image_model_dir, tiny_mask_model_dir, **options)
+        again.resume = True
+        with pytest.raises(SettingsError, match=message):
+            engine.run_generate(again)
+    other = tmp_path / "other-mask"
+    from napari_diffinfinite.testing import write_tiny_model
+
+    write_tiny_model(other, kind="mask", seed=1)
+    again = _sampled(tmp_path, tiny_image_model_dir, other)
+    again.resume = True
+    with pytest.raises(SettingsError, match="--mask-model: another model"):
+        engine.run_generate(again)
+    same = _sampled(tmp_path, tiny_image_model_dir, tiny_mask_model_dir, seed=5, condition=1)
+    same.resume = True
+    assert engine.run_generate(same).provenance["complete"]
+
+
+def test_mask_sampling_options_without_a_sampled_layout_are_refused(tmp_path, tiny_image_model_dir):
+    request = _request(tmp_path, tiny_image_model_dir)
+    request.layout.seed = 3
+    with pytest.raises(SettingsError, match="--mask-seed apply to a layout sampled by a mask model, not to --label"):
+        engine.run_generate(request)
+    assert not (tmp_path / "slide.zarr").exists()
+
+
+def test_sample_layout_checks_its_arguments(tiny_mask_model, mask_codec):
+    with pytest.raises(SettingsError, match="finite"):
+        engine.sample_layout(tiny_mask_model, mask_codec, (64, 64), omega=float("nan"))
+    with pytest.raises(SettingsError, match="at least 1 x 1 px"):
+        engine.sample_layout(tiny_mask_model, mask_codec, (0, 256))
+    with pytest.raises(SettingsError, match="no condition named 'stroma'; its conditions: 0=any, 1=tissue"):
+        engine.sample_layout(tiny_mask_model, mask_codec, (64, 64), condition="stroma")
+    by_name = engine.sample_layout(tiny_mask_model, mask_codec, (64, 64), condition="any", steps=1)
+    assert np.array_equal(by_name, engine.sample_layout(tiny_mask_model, mask_codec, (64, 64), condition=0, steps=1))
+
+
 def test_resume_with_another_dtype_is_refused_unless_allowed(tmp_path, tiny_image_model_dir):
     _cut(tmp_path, tiny_image_model_dir)
     request = _request(tmp_path, tiny_image_model_dir, "cut.zarr", dtype="bfloat16")

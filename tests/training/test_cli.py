@@ -127,9 +127,10 @@ def test_layout_upsample_is_saved_and_refused_where_it_cannot_apply(tiles: Path,
     assert load_model(out / "model").config.layout_upsample == 2
     capsys.readouterr()
     assert main([*args, "--layout-upsample", "2", "--out", str(tmp_path / "grey")]) == 1  # grey levels
-    assert "needs mask_encoding 'one-hot'" in capsys.readouterr().err and not (tmp_path / "grey").exists()
+    assert "add --mask-encoding one-hot" in capsys.readouterr().err and not (tmp_path / "grey").exists()
     assert main([*args, "--mask-encoding", "one-hot", "--layout-upsample", "3", "--out", str(tmp_path / "3")]) == 1
-    assert "must divide mask_downsample 2" in capsys.readouterr().err and not (tmp_path / "3").exists()
+    assert "--layout-upsample 3 must divide --mask-downsample (2)" in capsys.readouterr().err
+    assert not (tmp_path / "3").exists()
     image = ["train", "image", "--tiles", str(tiles), "--steps", "1", "--layout-upsample", "2", *TINY]
     assert main([*image, "--out", str(tmp_path / "image")]) == 1
     assert "--layout-upsample is for mask models" in capsys.readouterr().err

@@ -75,6 +75,28 @@ def test_layout_from_the_mask_model(ready, qtbot):
     assert int(layer.data.max()) < len(canvas.state.class_names)
 
 
+def test_a_sampled_canvas_keeps_its_provenance_until_painted(ready, qtbot):
+    """napari recorded a sampled layout as {"type": "canvas"}; the CLI records the mask model,
+    condition, omega, seed and steps. Now the GUI does too, and says when it was painted over."""
+    generate, canvas = ready
+    canvas.set_slide_shape(512, 512)
+    canvas.seed.setValue(9)
+    canvas.layout_steps.setValue(2)
+    canvas.condition.setCurrentIndex(canvas.condition.findData(0))
+    assert canvas.sample_layout() is not None
+    _wait(qtbot, canvas)
+    info = generate.request(generate.output_path()).layout.info
+    assert info["type"] == "sampled" and info["mask_model"]["sha256"] == canvas.state.mask_model.sha256
+    assert (info["condition"], info["condition_name"], info["seed"], info["steps"], info["omega"]) == (
+        0, "any", 9, 2, 0.0,
+    )  # fmt: skip
+    canvas.layer.data[0, 0] = 2 if canvas.layer.data[0, 0] != 2 else 1  # a brush stroke
+    painted = generate.request(generate.output_path()).layout.info
+    assert painted["type"] == "canvas" and painted["painted_over"]["seed"] == 9
+    canvas.create_canvas()
+    assert generate.request(generate.output_path()).layout.info == {"type": "canvas"}
+
+
 @pytest.mark.slow
 def test_generate_streams_a_multiscale_slide(ready, qtbot, viewer, tmp_path):
     from napari_diffinfinite.slide.pyramid import level_shapes

@@ -55,11 +55,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     src.add_argument("--label", type=int, help="one label everywhere")
     src.add_argument("--mask-model", help="mask model to sample the layout with (default: embedded demo)")
-    src.add_argument("--mask-condition", type=int, default=1, help="mask model class to condition on (default 1)")
     src.add_argument(
-        "--mask-omega", type=float, default=0.0, help="guidance of the mask model (default 0, as upstream)"
+        "--mask-condition",
+        help="the mask model's condition, by number or name (the demo's: 0 any, 1 tissue; default 1)",
     )
+    src.add_argument("--mask-omega", type=float, help="guidance of the mask model (default 0, as upstream)")
     src.add_argument("--mask-seed", type=int, help="seed of the layout (default: --seed)")
+    src.add_argument("--mask-steps", type=int, help="DDIM steps of the mask model (default: the model's)")
     src.add_argument("--tissue-label", type=int, help="label for tissue when --mask is a real slide (default 1)")
     src.add_argument("--num-labels", type=int, help="label levels of an official mask model (5 or 10)")
     src.add_argument(
@@ -184,6 +186,13 @@ def _diffusers_options(args: argparse.Namespace):
     )  # fmt: skip
 
 
+def _condition(text: str | None) -> int | str | None:
+    """``--mask-condition``: a number, or a condition's name (resolved once the mask model is loaded)."""
+    if text is None:
+        return None
+    return int(text) if text.strip().lstrip("-").isdigit() else text.strip()
+
+
 def request_from_args(args: argparse.Namespace) -> engine.GenerateRequest:
     """The engine request the options describe (nothing is loaded here; diffusers options are parsed)."""
     diffusers = _diffusers_options(args)
@@ -195,8 +204,8 @@ def request_from_args(args: argparse.Namespace) -> engine.GenerateRequest:
     if args.num_labels is not None and args.mask_model is None:
         raise SettingsError("--num-labels describes an official mask checkpoint: it needs --mask-model")
     layout = engine.LayoutSource(
-        mask=args.mask, label=args.label, mask_model=args.mask_model, condition=args.mask_condition,
-        omega=args.mask_omega, seed=args.mask_seed, tissue_label=1 if args.tissue_label is None else args.tissue_label, num_labels=args.num_labels,
+        mask=args.mask, label=args.label, mask_model=args.mask_model, condition=_condition(args.mask_condition),
+        omega=args.mask_omega, seed=args.mask_seed, steps=args.mask_steps, tissue_label=1 if args.tissue_label is None else args.tissue_label, num_labels=args.num_labels,
         skip_unknown=args.skip_unknown, include_detections=args.include_detections,
     )  # fmt: skip
     settings = engine.GenerateSettings(

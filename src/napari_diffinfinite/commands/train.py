@@ -274,6 +274,8 @@ def _model(args: argparse.Namespace, saved_config: dict[str, Any] | None):
         if args.layout_upsample:  # how layouts are read after sampling: the weights do not depend on it
             model.config = dataclasses.replace(model.config, layout_upsample=args.layout_upsample)
         return model
+    if args.layout_upsample:  # said in the options' words, before the config's own check
+        _check_layout_upsample(args)
     unet = {"dim": args.dim, "dim_mults": _ints(args.dim_mults) if args.dim_mults else None}
     config = make_model_config(
         args.kind, preset=args.preset, class_names=args.classes, unet=unet,
@@ -288,6 +290,25 @@ def _model(args: argparse.Namespace, saved_config: dict[str, Any] | None):
 
         identity_skip_init(model.unet)
     return model
+
+
+def _check_layout_upsample(args: argparse.Namespace) -> None:
+    """``--layout-upsample`` needs one-hot layouts and must divide the mask downsampling."""
+    from ..training.configs import make_model_config
+
+    preset = make_model_config("mask", preset=args.preset)
+    encoding = args.mask_encoding or preset.mask_encoding
+    downsample = args.mask_downsample or preset.mask_downsample
+    if encoding != "one-hot":
+        raise TrainingError(
+            "--layout-upsample upsamples one channel per class: add --mask-encoding one-hot "
+            "(upsampled grey levels would draw a third class along every border)"
+        )
+    if args.layout_upsample < 1 or downsample % args.layout_upsample:
+        raise TrainingError(
+            f"--layout-upsample {args.layout_upsample} must divide --mask-downsample ({downsample}): the layout canvas "
+            "is at layout-upsample / mask-downsample of the slide"
+        )
 
 
 def _ints(text: str) -> list[int]:

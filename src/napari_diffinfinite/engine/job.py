@@ -32,8 +32,8 @@ from ..sampling.sampler import RandomPatchSampler, SamplerState
 from ..slide.masks import CanvasMask, MaskSource, latent_labels, validate_labels
 from ..slide.store import SlideStore
 from .geometry import format_size, latent_shape
-from .layout import LayoutSource, build_layout
-from .models import LoadedModels, dtype_name, load_models, resolve_device, resolve_dtype
+from .layout import LayoutSource, build_layout, check_resumed_sampling
+from .models import LoadedModels, _as_model, dtype_name, load_models, resolve_device, resolve_dtype
 from .request import DEFAULT_DTYPE, DEFAULT_SEED, GenerateRequest, GenerateSettings, resolve_omega, validate
 from .request import validate_for_model as _validate_for_model
 
@@ -195,6 +195,12 @@ def _layout(request: GenerateRequest, point: ResumePoint | None, models: LoadedM
             seed: int, settings: GenerateSettings, progress, cancel) -> tuple[MaskSource, dict[str, Any]]:  # fmt: skip
     names = list(models.image.config.class_names)
     given = bool(request.layout.chosen())
+    if point is not None and request.layout.samples:  # the store's layout; given options must agree with it
+        saved = dict(point.provenance.get("mask") or {})
+        spec = request.layout.mask_model
+        sha = None if spec is None else _as_model(spec, "mask", "cpu", "float32", request.layout.num_labels).sha256
+        check_resumed_sampling(request.layout, saved, sha, request.path)
+        return CanvasMask(point.canvas, size), saved
     if point is not None and not given:
         return CanvasMask(point.canvas, size), dict(point.provenance.get("mask") or {})
     mask, info = build_layout(

@@ -22,6 +22,8 @@ from ..slide.masks import CanvasMask, ConstantMask, MaskSource, mask_from_file
 from .geometry import format_size, patch_batch_that_fits
 from .models import ModelSpec, resolve_device, resolve_dtype
 
+DEFAULT_MASK_CONDITION = 1  # "tissue"
+DEFAULT_MASK_OMEGA = 0.0  # as upstream
 MASK_BATCH = 16  # patch evaluations per network call when sampling a layout (fewer where memory is short)
 
 
@@ -37,8 +39,10 @@ class LayoutSource:
     (by default only annotations are painted). ``canvas``: a uint8 label canvas stretched over the slide (what
     the napari canvas holds); ``source``: a ready mask source (e.g. from :func:`read_layout`),
     described by ``info``. ``mask_model``: a mask model (path, "default" for the demo, or
-    loaded) sampled with ``condition``, ``omega``, ``seed`` (None = the slide's seed), ``steps``
-    (None = the model's); ``num_labels`` for an official mask model.
+    loaded) sampled with ``condition`` (a number or a condition's name; None: 1, "tissue"), ``omega`` (None: 0), ``seed`` (None:
+    the slide's seed), ``steps`` (None: the model's); ``num_labels`` for an official mask model.
+    The sampling options left at None are "not given": a resumed slide keeps its own layout, and
+    only given options are compared with the ones it was sampled with.
     """
 
     mask: str | Path | None = None
@@ -46,8 +50,8 @@ class LayoutSource:
     label: int | None = None
     canvas: np.ndarray | None = None
     mask_model: ModelSpec = None
-    condition: int = 1
-    omega: float = 0.0
+    condition: int | str | None = None
+    omega: float | None = None
     seed: int | None = None
     steps: int | None = None
     tissue_label: int = 1
@@ -61,6 +65,12 @@ class LayoutSource:
         given = {"--mask": self.mask, "a mask source": self.source, "--label": self.label, "canvas": self.canvas,
                  "--mask-model": self.mask_model}  # fmt: skip
         return [name for name, value in given.items() if value is not None]
+
+    def sampling_options(self) -> dict[str, Any]:
+        """The mask-model sampling options that were given (not left at None), by their CLI names."""
+        given = {"--mask-condition": self.condition, "--mask-omega": self.omega, "--mask-seed": self.seed,
+                 "--mask-steps": self.steps}  # fmt: skip
+        return {name: value for name, value in given.items() if value is not None}
 
     @property
     def samples(self) -> bool:
@@ -162,8 +172,8 @@ def sample_layout(
     codec: Codec,
     size: tuple[int, int],
     *,
-    condition: int = 1,
-    omega: float = 0.0,
+    condition: int | str = DEFAULT_MASK_CONDITION,
+    omega: float = DEFAULT_MASK_OMEGA,
     seed: int = 0,
     steps: int | None = None,
     device: str | None = "cpu",
@@ -171,8 +181,16 @@ def sample_layout(
     progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
 ) -> np.ndarray:
-    """Sample a tissue layout (uint8 label canvas at ``layout_upsample / mask_downsample`` of ``size``)."""
+    """Sample a tissue layout (uint8 label canvas at ``layout_upsample / mask_downsample`` of ``size``).
+
+    ``condition``: a number or a condition's name (the demo's: 0 "any", 1 "tissue").
+    """
     config = mask_model.config
+    if len(size) != 2 or min(int(size[0]), int(size[1])) < 1:
+        raise SettingsError(f"a layout needs a slide size of at least 1 x 1 px, got {tuple(size)}")
+    if not np.isfinite(omega):
+        raise SettingsError(f"the mask model's guidance must be a finite number, got {omega}")
+    condition = condition_index(condition, config)
     if not 0 <= condition < config.unet.num_classes:
         names = config.condition_names or [str(i) for i in range(config.unet.num_classes)]
         raise SettingsError(
@@ -217,7 +235,12 @@ def check_layout_choice(
             raise MaskError(f"mask file {path} does not exist; check the path")
         if path.is_dir():
             raise MaskError(f"mask {path} is a folder; give a label image, a GeoJSON file or a slide file")
-    if layout.samples and not np.isfinite(layout.omega):
+    if not layout.samples and layout.sampling_options():  # an option that does nothing is a mistake
+        raise SettingsError(
+            f"{', '.join(layout.sampling_options())} apply to a layout sampled by a mask model, not to "
+            f"{chosen[0] if chosen else 'a given layout'}; leave them out"
+        )
+    if layout.omega is not None and not np.isfinite(layout.omega):
         raise SettingsError(f"the mask model's guidance must be a finite number, got {layout.omega}")
 
 
@@ -249,11 +272,75 @@ def build_layout(
         return layout.source, dict(layout.info or {"type": type(layout.source).__name__})
     if mask_model is None or mask_codec is None:
         raise SettingsError("the layout is to be sampled but no mask model was loaded")
-    mask_seed = seed if layout.seed is None else layout.seed
+    options = resolved_sampling(layout, mask_model, seed)
     canvas = sample_layout(
-        mask_model, mask_codec, size, condition=layout.condition, omega=layout.omega, seed=mask_seed,
-        steps=layout.steps, device=device, dtype=dtype, progress=progress, cancel=cancel,
+        mask_model, mask_codec, size, **options, device=device, dtype=dtype, progress=progress, cancel=cancel
     )  # fmt: skip
-    info = {"type": "sampled", "mask_model": {"source": mask_model.source, "sha256": mask_model.sha256},
-            "condition": layout.condition, "omega": layout.omega, "seed": mask_seed}  # fmt: skip
-    return CanvasMask(canvas, size), info
+    return CanvasMask(canvas, size), sampled_layout_info(mask_model, options)
+
+
+def sampled_layout_info(mask_model: DiffusionModel, options: dict[str, Any]) -> dict[str, Any]:
+    """The provenance of a layout ``mask_model`` sampled with ``options`` (:func:`resolved_sampling`)."""
+    info = {"type": "sampled", "mask_model": {"source": mask_model.source, "sha256": mask_model.sha256}, **options}
+    names = mask_model.config.condition_names
+    if names and 0 <= options["condition"] < len(names):
+        info["condition_name"] = names[options["condition"]]
+    return info
+
+
+def condition_index(condition: int | str | None, config: Any) -> int:
+    """A mask model's condition given by number or by name (case-insensitive); None: the default."""
+    if condition is None:
+        return DEFAULT_MASK_CONDITION
+    if isinstance(condition, str):
+        names = list(config.condition_names or [])
+        for i, name in enumerate(names):
+            if name.casefold() == condition.casefold():
+                return i
+        known = ", ".join(f"{i}={n}" for i, n in enumerate(names)) or "numbers only"
+        raise SettingsError(f"the mask model has no condition named {condition[:60]!r}; its conditions: {known}")
+    return int(condition)
+
+
+def resolved_sampling(layout: LayoutSource, mask_model: DiffusionModel, seed: int) -> dict[str, Any]:
+    """The condition, omega, seed and steps a layout is sampled with (defaults filled in), as
+    :func:`sample_layout` takes them and as a store records them."""
+    return {
+        "condition": condition_index(layout.condition, mask_model.config),
+        "omega": DEFAULT_MASK_OMEGA if layout.omega is None else float(layout.omega),
+        "seed": seed if layout.seed is None else int(layout.seed),
+        "steps": mask_model.config.sampling_steps if layout.steps is None else int(layout.steps),
+    }
+
+
+def check_resumed_sampling(layout: LayoutSource, saved: dict[str, Any], mask_sha256: str | None, out: Path) -> None:
+    """Refuse to resume a slide with mask-model options other than those its layout was sampled with.
+
+    ``saved``: the store's layout provenance; ``mask_sha256``: the mask model given now (None:
+    none given). Options not given are not compared (the store's layout is used as it is).
+    """
+    given = layout.sampling_options()
+    if mask_sha256 is None and not given:
+        return
+    if saved.get("type") != "sampled":
+        what = ", ".join((["--mask-model"] if mask_sha256 else []) + list(given))
+        raise SettingsError(
+            f"cannot resume {out} with {what}: its layout was not sampled by a mask model; resume without them"
+        )
+    differences = []
+    before = (saved.get("mask_model") or {}).get("sha256")
+    if mask_sha256 is not None and before and mask_sha256 != before:
+        differences.append(f"--mask-model: another model than {(saved.get('mask_model') or {}).get('source')}")
+    for name, value in given.items():
+        key = name.removeprefix("--mask-")
+        if isinstance(value, str):  # a condition by name: against the name the store recorded
+            key, value, before = "condition_name", value.casefold(), str(saved.get("condition_name", "")).casefold()
+            if "condition_name" in saved and before != value:
+                differences.append(f"{name} {value} (the store's: {saved['condition_name']})")
+        elif key in saved and saved[key] != value:
+            differences.append(f"{name} {value} (the store's: {saved[key]})")
+    if differences:
+        raise SettingsError(
+            f"cannot resume {out} with another layout: {'; '.join(differences)}; resume without these options "
+            "(the store's layout is used), or start a new slide with --overwrite"
+        )

@@ -1,6 +1,6 @@
 """Tissue layouts from DiffInfinite's mask model.
 
-As in the official code, the layout is sampled at a fraction (``mask_downsample``, 1/4)
+As in the official code, the layout is sampled at a fraction (``mask_downsample``; upstream 1/4)
 of the slide size with the same random-patch scheme as images, decoded to an image
 (upsampled ``layout_upsample`` times where the model's config asks for it), read
 as labels (:mod:`~napari_diffinfinite.model.mask_encoding`: the official grey levels, or

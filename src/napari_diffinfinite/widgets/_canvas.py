@@ -196,7 +196,7 @@ class MaskCanvasWidget(QWidget):
             ch, cw = canvas_shape((h, w), self.factor())
             where = "Create canvas makes"
         ky, kx = h / ch, w / cw
-        per = f"{ky:.3g} × {kx:.3g}" if abs(ky - kx) > 1e-9 else f"{ky:.3g} × {ky:.3g}"
+        per = f"{kx:.3g} × {ky:.3g}" if abs(ky - kx) > 1e-9 else f"{ky:.3g} × {ky:.3g}"  # width x height
         self.canvas_info.setText(
             f"Slide {describe_length(w, px)} × {describe_length(h, px)}; {where} {cw:,} × {ch:,} px "
             f"(1 canvas px = {per} slide px)."
@@ -226,6 +226,7 @@ class MaskCanvasWidget(QWidget):
 
     def _set_canvas(self, canvas: np.ndarray, shape: tuple[int, int]) -> Labels:
         """Show ``canvas`` as the mask over a slide of ``shape`` (reusing the layer)."""
+        self.state.set_canvas_origin(None, None)  # a sampled layout says so again once set (sample_layout)
         scale, translate = canvas_transform(shape, canvas.shape, self.state.pixel_size_um)
         layer = self.layer
         self.state.slide_shape = (int(shape[0]), int(shape[1]))
@@ -371,26 +372,26 @@ class MaskCanvasWidget(QWidget):
         if self.state.mask_model is None:
             show_warning("Load a mask model in the Checkpoints widget first.")
             return None
+        from ..engine.layout import LayoutSource, resolved_sampling, sampled_layout_info
+
         self._cancel = CancelToken()
         relay = self._relay = ProgressRelay()
         relay.reported.connect(self._on_progress)
         condition = self.condition.currentData()
+        chosen = LayoutSource(mask_model=self.state.mask_model, condition=condition, omega=float(self.omega.value()),
+                              steps=int(self.layout_steps.value()) or None)  # fmt: skip
+        options = resolved_sampling(chosen, self.state.mask_model, int(self.seed.value()))
+        info = sampled_layout_info(self.state.mask_model, options)  # the slide's provenance, if left unpainted
+
+        def sampled(canvas: np.ndarray) -> None:
+            if self._on_canvas_ready(canvas) and self.layer is not None:
+                self.state.set_canvas_origin(np.asarray(self.layer.data), info)
+
         return self._run(
-            sample_layout,
-            self.state.mask_model,
-            self.state.mask_codec,
-            self.slide_shape(),
-            condition=1 if condition is None else int(condition),
-            omega=float(self.omega.value()),
-            seed=int(self.seed.value()),
-            steps=int(self.layout_steps.value()) or None,
-            device=self.state.device,
-            dtype=self.state.dtype,
-            progress=relay,
-            cancel=self._cancel,
-            what="Sampling a layout",
-            on_result=self._on_canvas_ready,
-        )
+            sample_layout, self.state.mask_model, self.state.mask_codec, self.slide_shape(), **options,
+            device=self.state.device, dtype=self.state.dtype, progress=relay, cancel=self._cancel,
+            what="Sampling a layout", on_result=sampled,
+        )  # fmt: skip
 
     def cancel(self) -> None:
         if self._cancel is not None:
@@ -401,17 +402,19 @@ class MaskCanvasWidget(QWidget):
         if self.progress.update(event):
             self.status.setText(f"Sampling the layout: {event.message or f'{event.done}/{event.total}'}")
 
-    def _on_canvas_ready(self, canvas: np.ndarray) -> None:
+    def _on_canvas_ready(self, canvas: np.ndarray) -> bool:
+        """Show a sampled or imported canvas; False when the viewer closed meanwhile."""
         from ..slide.masks import validate_labels
 
         if not self.progress.active:  # the viewer closed meanwhile (stop_on_close)
-            return
+            return False
         try:
             validate_labels(canvas, len(self.state.class_names), self.state.class_names)
         except Exception as exc:  # show, but keep the layout: the user can repaint
             notify_error(exc, "The layout does not fit the image model")
         self.set_canvas(canvas)
-        show_info(f"Mask canvas set ({canvas.shape[0]} × {canvas.shape[1]} px).")
+        show_info(f"Mask canvas set ({canvas.shape[1]:,} × {canvas.shape[0]:,} px).")  # width x height, as elsewhere
+        return True
 
     def _run(self, func: Any, *args: Any, what: str = "", on_result: Any = None, **kwargs: Any) -> Any:
         if self.worker is not None:

@@ -313,7 +313,8 @@ class GenerateWidget(QWidget):
             settings = self.settings()
             kept = GenerateSettings(batch_size=settings.batch_size, device=settings.device, dtype=settings.dtype)
             return GenerateRequest(out=out, models=models, settings=kept, resume=True, **extra)
-        layout = LayoutSource(canvas=self.state.mask_source().canvas)
+        canvas = self.state.mask_source().canvas
+        layout = LayoutSource(canvas=canvas, info=self.state.canvas_info(canvas))
         return GenerateRequest(out=out, size=tuple(self.state.slide_shape), models=models, layout=layout,
                                settings=self.settings(), overwrite=overwrite, **extra)  # fmt: skip
 
@@ -411,7 +412,7 @@ class GenerateWidget(QWidget):
         self._set_running(True)
         self.progress.start()
         self.status.setText(f"{'Resuming' if resume else 'Generating'} {out.name} "
-                            f"({size[0]:,} × {size[1]:,} px)…")  # fmt: skip
+                            f"({size[1]:,} × {size[0]:,} px)…")  # fmt: skip
         self.worker = start_worker(
             run_generation, request, progress=relay, cancel=self.cancel_token,
             on_result=self._on_done, on_error=self._on_error, on_finished=self._on_finished, owner=self,
