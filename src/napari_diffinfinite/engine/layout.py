@@ -334,9 +334,9 @@ def check_resumed_sampling(layout: LayoutSource, saved: dict[str, Any], mask_sha
     for name, value in given.items():
         key = name.removeprefix("--mask-")
         if isinstance(value, str):  # a condition by name: against the name the store recorded
-            key, value, before = "condition_name", value.casefold(), str(saved.get("condition_name", "")).casefold()
-            if "condition_name" in saved and before != value:
-                differences.append(f"{name} {value} (the store's: {saved['condition_name']})")
+            recorded = saved.get("condition_name")
+            if recorded is not None and str(recorded).casefold() != value.casefold():
+                differences.append(f"{name} {value} (the store's: {recorded})")
         elif key in saved and saved[key] != value:
             differences.append(f"{name} {value} (the store's: {saved[key]})")
     if differences:
