@@ -33,11 +33,11 @@ from ..model.config import (
     MAX_LEVELS,
     MAX_PATCH_SIZE,
     PIXEL_SIZE_RANGE_UM,
-    _int_problem,
-    _is_int,
-    _is_real,
     default_class_colors,
     default_class_names,
+    int_problem,
+    is_int,
+    is_real,
 )
 from ..model.pretrained import sha256_file
 from ..model.safetensors_file import read_header
@@ -198,30 +198,30 @@ def _check_configs(folder: PipelineFolder) -> None:
     blocks = vae.get("block_out_channels", [64])  # diffusers' AutoencoderKL default
     if isinstance(blocks, list) and 1 <= len(blocks) <= MAX_LEVELS:
         problems = [
-            p for i, b in enumerate(blocks) for p in _int_problem(f"block_out_channels[{i}]", b, 1, MAX_BLOCK_CHANNELS)
+            p for i, b in enumerate(blocks) for p in int_problem(f"block_out_channels[{i}]", b, 1, MAX_BLOCK_CHANNELS)
         ]
     else:
         problems = [f"block_out_channels must be a list of 1 to {MAX_LEVELS} integers, got {blocks!r:.60}"]
-    problems += _int_problem("latent_channels", vae.get("latent_channels", 4), 1, MAX_CHANNELS)
+    problems += int_problem("latent_channels", vae.get("latent_channels", 4), 1, MAX_CHANNELS)
     scaling = vae.get("scaling_factor", 0.18215)
-    if not (_is_real(scaling) and scaling > 0):
+    if not (is_real(scaling) and scaling > 0):
         problems.append(f"scaling_factor must be a positive number, got {scaling!r:.40}")
     _refuse_config(path / "vae" / "config.json", problems)
     unet = folder.config("unet")
     sample = unet.get("sample_size")  # the patch, in latent pixels: an int, or [height, width]
     sides = sample if isinstance(sample, list) and sample else [sample]
     latent_side = MAX_PATCH_SIZE // 2 ** (len(blocks) - 1)
-    problems = [p for side in sides for p in _int_problem("sample_size", side, 1, latent_side)]
-    problems += _int_problem("in_channels", unet.get("in_channels", 4), 1, MAX_CHANNELS)
+    problems = [p for side in sides for p in int_problem("sample_size", side, 1, latent_side)]
+    problems += int_problem("in_channels", unet.get("in_channels", 4), 1, MAX_CHANNELS)
     _refuse_config(path / "unet" / "config.json", problems)
     positions = folder.config("text_encoder").get("max_position_embeddings", 77)
     _refuse_config(
-        path / "text_encoder" / "config.json", _int_problem("max_position_embeddings", positions, 1, MAX_TEXT_TOKENS)
+        path / "text_encoder" / "config.json", int_problem("max_position_embeddings", positions, 1, MAX_TEXT_TOKENS)
     )
     tokenizer_config = path / "tokenizer" / "tokenizer_config.json"
     if tokenizer_config.is_file():  # a model_max_length above the text encoder's positions is clamped when loaded
         length = _json(tokenizer_config).get("model_max_length", MAX_TEXT_TOKENS)
-        if not (_is_int(length) and length >= 1):
+        if not (is_int(length) and length >= 1):
             _refuse_config(tokenizer_config, [f"model_max_length must be a positive integer, got {length!r:.40}"])
 
 
@@ -235,7 +235,7 @@ def check_controlnet(spec: str | Path) -> tuple[Path, str | None]:
     if config.get("_class_name") not in ("ControlNetModel", None):
         raise CheckpointError(f"{path} is not a ControlNetModel folder; give the ControlNet's save_pretrained folder")
     channels = config.get("conditioning_channels", 3)
-    _refuse_config(path / "config.json", _int_problem("conditioning_channels", channels, 1, MAX_CLASSES))
+    _refuse_config(path / "config.json", int_problem("conditioning_channels", channels, 1, MAX_CLASSES))
     return path, variant
 
 
@@ -319,7 +319,7 @@ def read_classes(folders: list[Path], conditioning: str | None, channels: int | 
         raise CheckpointError(f"colour conditioning needs a ControlNet with 3 input channels, this one has {channels}")
     pixel = data.get("pixel_size_um")
     low, high = PIXEL_SIZE_RANGE_UM
-    if pixel is not None and not (_is_real(pixel) and low <= pixel <= high):
+    if pixel is not None and not (is_real(pixel) and low <= pixel <= high):
         raise CheckpointError(
             f"{source}: pixel_size_um must be the size of a pixel in micrometres, a number from {low} to {high:g} "
             f"(0.5 at 20x), or null when unknown; got {pixel!r:.40}"

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from ..errors import SettingsError
-from ..model.config import _int_problem, _is_real, _json_type
+from ..model.config import int_problem, is_real, json_type
 
 SCHEDULERS = ("ddim", "dpm++")
 
@@ -67,26 +67,26 @@ def scheduler_config_problems(config: dict[str, Any]) -> list[str]:
             problems.append(f"{name} must be one of {listed}, not {config[name]!r:.40}")
     for name in SCHEDULER_FLAGS:
         if name in config and not isinstance(config[name], bool):
-            problems.append(f"{name} must be true or false, not {_json_type(config[name])} {config[name]!r:.40}")
+            problems.append(f"{name} must be true or false, not {json_type(config[name])} {config[name]!r:.40}")
     for name in SCHEDULER_POSITIVE:
-        if name in config and not (_is_real(config[name]) and config[name] > 0):
+        if name in config and not (is_real(config[name]) and config[name] > 0):
             problems.append(f"{name} must be a positive number, got {config[name]!r:.40}")
     timesteps = config.get("num_train_timesteps", 1000)
-    problems += _int_problem("num_train_timesteps", timesteps, 1, MAX_TRAIN_TIMESTEPS)
-    problems += _int_problem("steps_offset", config.get("steps_offset", 0), 0, MAX_STEPS_OFFSET)
-    problems += _int_problem("solver_order", config.get("solver_order", 2), 1, 3)
+    problems += int_problem("num_train_timesteps", timesteps, 1, MAX_TRAIN_TIMESTEPS)
+    problems += int_problem("steps_offset", config.get("steps_offset", 0), 0, MAX_STEPS_OFFSET)
+    problems += int_problem("solver_order", config.get("solver_order", 2), 1, 3)
     betas = [config.get("beta_start", 0.0001), config.get("beta_end", 0.02)]
-    if not all(_is_real(b) and 0 < b < 1 for b in betas) or betas[0] >= betas[1]:
+    if not all(is_real(b) and 0 < b < 1 for b in betas) or betas[0] >= betas[1]:
         problems.append(
             f"beta_start and beta_end must be numbers with 0 < beta_start < beta_end < 1, got {betas!r:.60}"
         )
     trained = config.get("trained_betas")
     if trained is not None and not (
-        isinstance(trained, list) and len(trained) == timesteps and all(_is_real(b) and 0 < b < 1 for b in trained)
+        isinstance(trained, list) and len(trained) == timesteps and all(is_real(b) and 0 < b < 1 for b in trained)
     ):
         problems.append("trained_betas must be null or a list of num_train_timesteps numbers between 0 and 1")
     clipped = config.get("lambda_min_clipped", -math.inf)
-    if not (_is_real(clipped) or clipped == -math.inf):
+    if not (is_real(clipped) or clipped == -math.inf):
         problems.append(f"lambda_min_clipped must be a number, got {clipped!r:.40}")
     if config.get("thresholding") is True:
         problems.append("thresholding must be false: dynamic thresholding works per whole image, not per latent pixel")

@@ -61,19 +61,22 @@ CASCADE_SCALES = (2, 4, 8)  # powers of two: each level is a level of the slide 
 CASCADE_CONDITIONS = ("image", "latent")
 
 
-def _is_int(value: Any) -> bool:
+def is_int(value: Any) -> bool:
+    """An integer from JSON (``true`` is not one)."""
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_real(value: Any) -> bool:
+def is_real(value: Any) -> bool:
+    """A finite number from JSON (not a bool, NaN or infinity)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _is_colour(value: Any) -> bool:
-    return isinstance(value, (list, tuple)) and len(value) == 3 and all(_is_int(v) and 0 <= v <= 255 for v in value)
+    return isinstance(value, (list, tuple)) and len(value) == 3 and all(is_int(v) and 0 <= v <= 255 for v in value)
 
 
-def _json_type(value: Any) -> str:
+def json_type(value: Any) -> str:
+    """The type of a JSON value as a message names it."""
     return "null" if value is None else type(value).__name__
 
 
@@ -82,29 +85,31 @@ def refuse_json_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a number JSON allows")
 
 
-def _int_problem(name: str, value: Any, low: int, high: int) -> list[str]:
-    if not _is_int(value):
-        return [f"{name} must be an integer, not {_json_type(value)} {value!r:.40}"]
+def int_problem(name: str, value: Any, low: int, high: int) -> list[str]:
+    """``[message]`` when ``value`` is not an integer from ``low`` to ``high``, else ``[]``; the
+    checks of model configs and of diffusers pipeline configs share it."""
+    if not is_int(value):
+        return [f"{name} must be an integer, not {json_type(value)} {value!r:.40}"]
     if not low <= value <= high:
         return [f"{name} must be between {low} and {high}, got {value}"]
     return []
 
 
 def _unet_problems(unet: UNetConfig) -> list[str]:
-    problems = _int_problem("unet.dim", unet.dim, 1, MAX_DIM)
+    problems = int_problem("unet.dim", unet.dim, 1, MAX_DIM)
     mults = unet.dim_mults
     if not isinstance(mults, tuple) or not 1 <= len(mults) <= MAX_LEVELS:
         problems.append(f"unet.dim_mults must be a list of 1 to {MAX_LEVELS} integers, got {mults!r:.60}")
     else:
         for i, m in enumerate(mults):
-            problems += _int_problem(f"unet.dim_mults[{i}]", m, 1, MAX_DIM_MULT)
-    problems += _int_problem("unet.channels", unet.channels, 1, MAX_CHANNELS)
-    problems += _int_problem("unet.num_classes", unet.num_classes, 1, MAX_CLASSES)
-    problems += _int_problem("unet.resnet_block_groups", unet.resnet_block_groups, 1, MAX_DIM)
-    problems += _int_problem("unet.block_per_layer", unet.block_per_layer, 1, MAX_BLOCKS_PER_LAYER)
-    problems += _int_problem("unet.attention_heads", unet.attention_heads, 1, MAX_HEADS)
-    problems += _int_problem("unet.attention_dim_head", unet.attention_dim_head, 1, MAX_DIM_HEAD)
-    problems += _int_problem("unet.condition_channels", unet.condition_channels, 0, MAX_CHANNELS)
+            problems += int_problem(f"unet.dim_mults[{i}]", m, 1, MAX_DIM_MULT)
+    problems += int_problem("unet.channels", unet.channels, 1, MAX_CHANNELS)
+    problems += int_problem("unet.num_classes", unet.num_classes, 1, MAX_CLASSES)
+    problems += int_problem("unet.resnet_block_groups", unet.resnet_block_groups, 1, MAX_DIM)
+    problems += int_problem("unet.block_per_layer", unet.block_per_layer, 1, MAX_BLOCKS_PER_LAYER)
+    problems += int_problem("unet.attention_heads", unet.attention_heads, 1, MAX_HEADS)
+    problems += int_problem("unet.attention_dim_head", unet.attention_dim_head, 1, MAX_DIM_HEAD)
+    problems += int_problem("unet.condition_channels", unet.condition_channels, 0, MAX_CHANNELS)
     if not problems and unet.dim % unet.resnet_block_groups:
         problems.append(
             f"unet.dim {unet.dim} must be a multiple of unet.resnet_block_groups {unet.resnet_block_groups}"
@@ -114,7 +119,7 @@ def _unet_problems(unet: UNetConfig) -> list[str]:
 
 def _names_problems(name: str, names: Any, count: int | None) -> list[str]:
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-        return [f"{name} must be a list of strings, got {_json_type(names)}"]
+        return [f"{name} must be a list of strings, got {json_type(names)}"]
     problems = []
     if count is not None and len(names) != count:
         problems.append(f"{name} must have {count} entries, got {len(names)}")
@@ -136,31 +141,31 @@ def _model_problems(c: ModelConfig) -> list[str]:
         problems.append(f"kind must be 'image' or 'mask', not {c.kind!r:.40}")
     if c.codec not in ("sd2-vae", "identity"):
         problems.append(f"codec must be 'sd2-vae' or 'identity', not {c.codec!r:.40}")
-    if not _is_real(c.latent_scale) or c.latent_scale <= 0:
+    if not is_real(c.latent_scale) or c.latent_scale <= 0:
         problems.append(f"latent_scale must be a positive number, got {c.latent_scale!r:.40}")
-    problems += _int_problem("pixel_unshuffle", c.pixel_unshuffle, 1, 16)
-    problems += _int_problem("patch_size", c.patch_size, 1, MAX_PATCH_SIZE)
-    problems += _int_problem("timesteps", c.timesteps, 1, MAX_TIMESTEPS)
-    if _is_int(c.timesteps):
-        problems += _int_problem("sampling_steps", c.sampling_steps, 1, c.timesteps)
-    problems += _int_problem("mask_downsample", c.mask_downsample, 1, 64)
-    problems += _int_problem("layout_upsample", c.layout_upsample, 1, 64)
-    problems += _int_problem("format_version", c.format_version, 1, FORMAT_VERSION)
-    if not _is_real(c.eta) or not 0 <= c.eta <= 1:
+    problems += int_problem("pixel_unshuffle", c.pixel_unshuffle, 1, 16)
+    problems += int_problem("patch_size", c.patch_size, 1, MAX_PATCH_SIZE)
+    problems += int_problem("timesteps", c.timesteps, 1, MAX_TIMESTEPS)
+    if is_int(c.timesteps):
+        problems += int_problem("sampling_steps", c.sampling_steps, 1, c.timesteps)
+    problems += int_problem("mask_downsample", c.mask_downsample, 1, 64)
+    problems += int_problem("layout_upsample", c.layout_upsample, 1, 64)
+    problems += int_problem("format_version", c.format_version, 1, FORMAT_VERSION)
+    if not is_real(c.eta) or not 0 <= c.eta <= 1:
         problems.append(f"eta must be a number between 0 and 1, got {c.eta!r:.40}")
-    if c.default_omega is not None and (not _is_real(c.default_omega) or not 0 <= c.default_omega <= 50):
+    if c.default_omega is not None and (not is_real(c.default_omega) or not 0 <= c.default_omega <= 50):
         problems.append(f"default_omega must be a number between 0 and 50 or null, got {c.default_omega!r:.40}")
     low, high = PIXEL_SIZE_RANGE_UM
-    if c.pixel_size_um is not None and (not _is_real(c.pixel_size_um) or not low <= c.pixel_size_um <= high):
+    if c.pixel_size_um is not None and (not is_real(c.pixel_size_um) or not low <= c.pixel_size_um <= high):
         problems.append(
             f"pixel_size_um must be a number from {low:g} to {high:g} (um) or null, got {c.pixel_size_um!r:.40}"
         )
     if c.num_labels is not None:
-        problems += _int_problem("num_labels", c.num_labels, 2, MAX_CLASSES)
+        problems += int_problem("num_labels", c.num_labels, 2, MAX_CLASSES)
     if not isinstance(c.description, str):
-        problems.append(f"description must be a string, not {_json_type(c.description)}")
+        problems.append(f"description must be a string, not {json_type(c.description)}")
     if not isinstance(c.extra, dict):
-        problems.append(f"extra must be a JSON object, not {_json_type(c.extra)}")
+        problems.append(f"extra must be a JSON object, not {json_type(c.extra)}")
     if c.beta_schedule != "cosine" or c.objective not in OBJECTIVES:
         problems.append("only the cosine schedule with the pred_noise or pred_v objective is supported")
     problems += _cascade_problems(c)
@@ -184,7 +189,7 @@ def _model_problems(c: ModelConfig) -> list[str]:
     problems += _layout_upsample_problems(c)
     problems += _names_problems("class_names", c.class_names, labels)
     if not isinstance(c.class_colors, list):
-        problems.append(f"class_colors must be a list of [R, G, B] colours, got {_json_type(c.class_colors)}")
+        problems.append(f"class_colors must be a list of [R, G, B] colours, got {json_type(c.class_colors)}")
     else:
         if len(c.class_colors) != labels:
             problems.append(f"class_colors must have {labels} entries (one per class), got {len(c.class_colors)}")
@@ -228,20 +233,20 @@ def _cascade_problems(c: ModelConfig) -> list[str]:
             return ["unet.condition_channels is only for cascade models (give 'cascade' or set it to 0)"]
         return []
     if not isinstance(cascade, dict):
-        return [f"cascade must be a JSON object {{parent_scale, condition}} or null, not {_json_type(cascade)}"]
+        return [f"cascade must be a JSON object {{parent_scale, condition}} or null, not {json_type(cascade)}"]
     problems = []
     unknown = sorted(set(cascade) - {"parent_scale", "condition"})
     if unknown:
         problems.append(f"unknown keys in cascade: {', '.join(unknown)} (known: parent_scale, condition)")
     scale = cascade.get("parent_scale")
-    if not _is_int(scale) or scale not in CASCADE_SCALES:
+    if not is_int(scale) or scale not in CASCADE_SCALES:
         problems.append(f"cascade.parent_scale must be one of {', '.join(map(str, CASCADE_SCALES))}, got {scale!r:.40}")
     condition = cascade.get("condition")
     if condition not in CASCADE_CONDITIONS:
         problems.append(f"cascade.condition must be 'image' or 'latent', not {condition!r:.40}")
     if c.kind != "image":
         problems.append("only image models can be cascade stages")
-    if problems or not isinstance(c.unet, UNetConfig) or not _is_int(c.pixel_unshuffle):
+    if problems or not isinstance(c.unet, UNetConfig) or not is_int(c.pixel_unshuffle):
         return problems
     expected = cascade_condition_channels(c)
     if c.unet.condition_channels != expected:
@@ -413,14 +418,14 @@ class ModelConfig:
         if unknown:
             raise CheckpointError(f"unknown keys in model config: {', '.join(unknown)}")
         version = data.get("format_version", FORMAT_VERSION)
-        if _is_int(version) and version > FORMAT_VERSION:
+        if is_int(version) and version > FORMAT_VERSION:
             raise CheckpointError(
                 f"model config format {data['format_version']} is newer than this napari-diffinfinite "
                 f"understands ({FORMAT_VERSION}); upgrade napari-diffinfinite"
             )
         unet = data.pop("unet", None)
         if not isinstance(unet, dict):
-            raise CheckpointError(f"the model config's 'unet' section must be a JSON object, not {_json_type(unet)}")
+            raise CheckpointError(f"the model config's 'unet' section must be a JSON object, not {json_type(unet)}")
         unknown = sorted(set(unet) - {f.name for f in dataclasses.fields(UNetConfig)})
         if unknown:
             raise CheckpointError(f"unknown keys in the model config's 'unet' section: {', '.join(unknown)}")
