@@ -125,6 +125,10 @@ def test_layout_upsample_is_saved_and_refused_where_it_cannot_apply(tiles: Path,
     out = tmp_path / "up"
     assert main([*args, "--mask-encoding", "one-hot", "--layout-upsample", "2", "--out", str(out)]) == 0
     assert load_model(out / "model").config.layout_upsample == 2
+    # a user's model is not described as the embedded demo model
+    assert load_model(out / "model").config.description == (
+        "mask model trained with diffinfinite train (the demo preset's architecture)"
+    )
     capsys.readouterr()
     assert main([*args, "--layout-upsample", "2", "--out", str(tmp_path / "grey")]) == 1  # grey levels
     assert "add --mask-encoding one-hot" in capsys.readouterr().err and not (tmp_path / "grey").exists()

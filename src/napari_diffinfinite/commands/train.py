@@ -283,6 +283,7 @@ def _model(args: argparse.Namespace, saved_config: dict[str, Any] | None):
         patch_size=args.patch_size, pixel_unshuffle=args.pixel_unshuffle, sampling_steps=args.sampling_steps,
         mask_downsample=args.mask_downsample if args.kind == "mask" else None, mask_encoding=args.mask_encoding,
         layout_upsample=args.layout_upsample if args.kind == "mask" else None, cascade=cascade, objective=objective,
+        description=f"{args.kind} model trained with diffinfinite train (the {args.preset} preset's architecture)",
     )  # fmt: skip
     model = new_model(config, seed=args.seed or 0, source="new")
     if args.identity_init:
