@@ -33,7 +33,7 @@ from ..slide.masks import CanvasMask, MaskSource, latent_labels, validate_labels
 from ..slide.store import SlideStore
 from .geometry import format_size, latent_shape
 from .layout import LayoutSource, build_layout, check_resumed_sampling
-from .models import LoadedModels, _as_model, dtype_name, load_models, resolve_device, resolve_dtype
+from .models import LoadedModels, dtype_name, load_mask_model, load_models, resolve_device, resolve_dtype
 from .request import DEFAULT_DTYPE, DEFAULT_SEED, GenerateRequest, GenerateSettings, resolve_omega, validate
 from .request import validate_for_model as _validate_for_model
 
@@ -194,15 +194,17 @@ def _load(request: GenerateRequest, settings: GenerateSettings, sample_layout: b
 def _layout(request: GenerateRequest, point: ResumePoint | None, models: LoadedModels, size: tuple[int, int],
             seed: int, settings: GenerateSettings, progress, cancel) -> tuple[MaskSource, dict[str, Any]]:  # fmt: skip
     names = list(models.image.config.class_names)
-    given = bool(request.layout.chosen())
     if point is not None and request.layout.samples:  # the store's layout; given options must agree with it
         saved = dict(point.provenance.get("mask") or {})
         spec = request.layout.mask_model
-        sha = None if spec is None else _as_model(spec, "mask", "cpu", "float32", request.layout.num_labels).sha256
+        if spec is None:
+            sha = None
+        elif isinstance(spec, DiffusionModel):  # a loaded model: its hash, without moving it to another device
+            sha = spec.sha256
+        else:
+            sha = load_mask_model(spec, num_labels=request.layout.num_labels).sha256
         check_resumed_sampling(request.layout, saved, sha, request.path)
         return CanvasMask(point.canvas, size), saved
-    if point is not None and not given:
-        return CanvasMask(point.canvas, size), dict(point.provenance.get("mask") or {})
     mask, info = build_layout(
         request.layout, size, names, mask_model=models.mask, mask_codec=models.mask_codec, seed=seed,
         device=settings.device, dtype=settings.dtype, progress=progress, cancel=cancel,
